@@ -1,0 +1,1 @@
+"""CLRS-30 algorithms as a search task (issue: clrs_tasks/). Not yet implemented."""

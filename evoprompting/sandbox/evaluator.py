@@ -1,0 +1,56 @@
+"""The sandbox as one object: validate in the parent, run in a worker.
+
+`Sandbox.evaluate(sources, seeds)` is what the search and the `evaluate` CLI
+call. A program the validator refuses never reaches a worker; every outcome is
+an EvalResult with a status, never an exception.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from evoprompting.sandbox import pool, validator
+from evoprompting.tasks import base
+
+
+class Sandbox:
+    """Validator + worker pool for one task."""
+
+    def __init__(self, task: base.Task, *, limits: pool.Limits = pool.Limits(),
+                 config: pool.WorkerConfig = pool.WorkerConfig(),
+                 num_workers: int = 1,
+                 policy: validator.Policy = validator.DEFAULT_POLICY):
+        self.task = task
+        self.policy = policy
+        self.pool = pool.WorkerPool(
+            task, allowed_modules=policy.allowed_modules, limits=limits,
+            config=config, num_workers=num_workers)
+
+    def evaluate(self, sources: Sequence[str],
+                 seeds: Sequence[int]) -> list[base.EvalResult]:
+        """Evaluates programs in order; refused ones never reach a worker."""
+        results: list[base.EvalResult | None] = []
+        runnable = []
+        for i, source in enumerate(sources):
+            violation = validator.validate(source, self.policy)
+            if violation is None:
+                runnable.append(i)
+                results.append(None)
+            else:
+                results.append(base.EvalResult(
+                    base.Status(violation.status), violation.message,
+                    base.source_sha256(source) if isinstance(source, str) else ''))
+        ran = self.pool.evaluate([sources[i] for i in runnable],
+                                 [seeds[i] for i in runnable])
+        for i, result in zip(runnable, ran):
+            results[i] = result
+        return results
+
+    def close(self) -> None:
+        self.pool.close()
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,290 @@
+"""The sandbox worker: a long-lived process that runs candidate programs.
+
+Started by `evoprompting.sandbox.pool.WorkerPool` as
+`python -m evoprompting.sandbox.worker`; it imports JAX and prepares the task's
+data once, then evaluates one program per request. Protocol: one JSON object
+per line on stdin (requests) and on a private duplicate of the original stdout
+(replies). The process's own fd 1 is pointed at stderr, so nothing the program
+or a C library prints can corrupt the protocol.
+
+    -> {"task": <task spec>, "limits": {...}, "allowed_modules": [...],
+        "write_dirs": [...]}
+    <- {"ready": true, "startup_s": float}
+    -> {"source": str, "seed": int}
+    <- {"result": <EvalResult json>, "restart": bool}
+
+Defence in depth beyond the parent's AST validation:
+  * `__import__` seen by the program admits only the allowed modules;
+  * an audit hook (PEP 578), active only while a program runs, refuses process
+    creation, sockets, ctypes, FFI loading, marshal/pickle loads, memory maps,
+    environment changes and any file write outside `write_dirs` (the JAX
+    compilation cache);
+  * limits set by the parent (address space, file size) plus a per-program CPU
+    time limit set here before each program.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import dataclasses
+import json
+import os
+import resource
+import sys
+import time
+import types
+from typing import Any, Iterator
+
+from evoprompting.tasks import base
+
+Status = base.Status
+_PROGRAM_MODULE = 'candidate_program'
+
+# Audit events refused while a program runs (exact names and prefixes).
+_REFUSED_EVENTS = frozenset({
+    'os.system', 'os.exec', 'os.posix_spawn', 'os.spawn', 'os.fork',
+    'os.forkpty', 'os.kill', 'os.killpg', 'os.chdir', 'os.putenv',
+    'os.unsetenv', 'os.startfile', 'pty.spawn', 'subprocess.Popen',
+    'pickle.find_class', 'mmap.__new__',
+    'resource.setrlimit', 'resource.prlimit', 'sys.setrecursionlimit',
+    'sys.settrace', 'sys.setprofile', 'gc.get_referrers',
+    'gc.get_objects', 'gc.get_referents', 'winreg', 'webbrowser.open',
+})
+_REFUSED_PREFIXES = ('socket.', 'ctypes.', 'cffi.', 'urllib.', 'http.',
+                     'ftplib.', 'smtplib.', 'imaplib.', 'poplib.', 'nntplib.',
+                     'telnetlib.', 'sqlite3.', 'shutil.', 'os.exec',
+                     'os.spawn', 'os.posix_spawn', 'os.fork')
+# Audit events with a path argument that are allowed only inside write_dirs.
+_PATH_EVENTS = frozenset({
+    'os.remove', 'os.rename', 'os.rmdir', 'os.mkdir', 'os.chmod', 'os.chown',
+    'os.symlink', 'os.link', 'os.truncate', 'os.utime', 'os.chflags',
+    'os.lchflags', 'os.lchmod', 'os.setxattr', 'os.removexattr'})
+_TWO_PATH_EVENTS = frozenset({'os.rename', 'os.symlink', 'os.link'})
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+
+
+class SandboxViolation(BaseException):
+    """Raised by the audit hook. A BaseException, so `except Exception` in a
+    program cannot swallow it; the guard also remembers it."""
+
+
+class Guard:
+    """Run-time guard, armed only while a program runs."""
+
+    def __init__(self, write_dirs: list[str]):
+        self.write_dirs = [os.path.realpath(d) + os.sep for d in write_dirs]
+        self.armed = False
+        self.violation = ''
+
+    def _writable(self, path: Any) -> bool:
+        if isinstance(path, int):  # An fd, e.g. os.truncate(fd): refuse.
+            return False
+        try:
+            real = os.path.realpath(os.fsdecode(path))
+        except (TypeError, ValueError):
+            return False
+        return any((real + os.sep).startswith(d) for d in self.write_dirs)
+
+    def _refuse(self, event: str, detail: str) -> None:
+        if not self.violation:
+            self.violation = f'blocked at run time: {event}{detail}'
+        raise SandboxViolation(self.violation)
+
+    def hook(self, event: str, args: tuple[Any, ...]) -> None:
+        if not self.armed:
+            return
+        if event in _REFUSED_EVENTS or event.startswith(_REFUSED_PREFIXES):
+            self._refuse(event, '')
+        elif event == 'open':
+            path, mode, flags = (tuple(args) + (None, None, None))[:3]
+            writing = (isinstance(mode, str) and any(c in mode for c in 'wax+')
+                       or isinstance(flags, int) and flags & _WRITE_FLAGS)
+            if writing and not self._writable(path):
+                self._refuse(event, f'({path!r}, {mode!r}) for writing')
+        elif event in _PATH_EVENTS:
+            paths = args[:2] if event in _TWO_PATH_EVENTS else args[:1]
+            if not all(self._writable(p) for p in paths):
+                self._refuse(event, f'({args[0]!r})')
+
+    @contextlib.contextmanager
+    def armed_while(self) -> Iterator[None]:
+        self.armed, self.violation = True, ''
+        try:
+            yield
+        finally:
+            self.armed = False
+
+
+class CappedText:
+    """A text sink that keeps the first `limit` characters written to it."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.parts: list[str] = []
+        self.size = 0
+        self.dropped = 0
+
+    def write(self, text: str) -> int:
+        room = self.limit - self.size
+        if room > 0:
+            self.parts.append(text[:room])
+            self.size += min(room, len(text))
+        self.dropped += max(0, len(text) - max(room, 0))
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def getvalue(self) -> str:
+        tail = f'\n[... {self.dropped} more characters]' if self.dropped else ''
+        return ''.join(self.parts) + tail
+
+
+def _guarded_import(allowed: frozenset[str]):
+    real_import = builtins.__import__
+
+    def guarded(name, globals=None, locals=None, fromlist=(), level=0):  # pylint: disable=redefined-builtin
+        if level != 0 or not any(name == m or name.startswith(m + '.')
+                                 for m in allowed):
+            raise ImportError(f'import of {name!r} is not allowed')
+        return real_import(name, globals, locals, fromlist, level)
+    return guarded
+
+
+def _is_oom(e: BaseException) -> bool:
+    text = str(e)
+    return (isinstance(e, MemoryError) or 'RESOURCE_EXHAUSTED' in text
+            or 'Out of memory' in text or 'bad_alloc' in text)
+
+
+def _first_line(e: BaseException, limit: int = 300) -> str:
+    lines = str(e).strip().splitlines()
+    return f'{type(e).__name__}: {lines[0][:limit] if lines else ""}'
+
+
+class Worker:
+    """In-process half of the sandbox: executes one program at a time."""
+
+    def __init__(self, init: dict[str, Any]):
+        self.task = base.task_from_spec(init['task'])
+        self.limits = init['limits']
+        self.guard = Guard(init.get('write_dirs', []))
+        self.builtins = dict(vars(builtins))
+        for name in ('eval', 'exec', 'compile', 'open', 'input', 'breakpoint',
+                     'globals', 'locals', 'vars', 'getattr', 'setattr',
+                     'delattr', 'help', 'exit', 'quit', 'memoryview'):
+            self.builtins.pop(name, None)
+        self.builtins['__import__'] = _guarded_import(
+            frozenset(init['allowed_modules']))
+        self.task.prepare()
+        sys.addaudithook(self.guard.hook)
+
+    def _limit_cpu(self) -> None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        used = int(usage.ru_utime + usage.ru_stime) + 1
+        _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+        soft = used + int(self.limits['cpu_s'])
+        if hard != resource.RLIM_INFINITY:
+            soft = min(soft, hard)
+        resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+
+    def run(self, source: str, seed: int) -> tuple[base.EvalResult, bool]:
+        """Returns the result and whether this process should be replaced."""
+        sha = base.source_sha256(source)
+        output = CappedText(int(self.limits['output_chars']))
+        restart = False
+        self._limit_cpu()
+        try:
+            with contextlib.redirect_stdout(output), \
+                    contextlib.redirect_stderr(output), \
+                    self.guard.armed_while():
+                result = self._execute(source, seed)
+        except SandboxViolation:
+            result = base.EvalResult(Status.FORBIDDEN, self.guard.violation, sha)
+        except base.ProgramFailure as f:
+            result = base.EvalResult(f.status, f.message, sha)
+        except RecursionError as e:
+            result = base.EvalResult(Status.BUILD_ERROR,
+                                     f'recursion too deep: {_first_line(e)}', sha)
+        except BaseException as e:  # pylint: disable=broad-except
+            if _is_oom(e):
+                result = base.EvalResult(
+                    Status.OOM, f'out of memory: {_first_line(e)}', sha)
+                restart = True
+            elif isinstance(e, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+                result = base.EvalResult(
+                    Status.FORBIDDEN,
+                    f'program raised {type(e).__name__}', sha)
+            else:
+                result = base.EvalResult(Status.CRASH, _first_line(e), sha)
+        if self.guard.violation and result.status != Status.FORBIDDEN:
+            # A program that caught the guard's exception is still refused.
+            result = base.EvalResult(Status.FORBIDDEN, self.guard.violation, sha)
+            restart = True
+        return dataclasses.replace(result, source_sha256=sha,
+                                   output=output.getvalue()), restart
+
+    def _execute(self, source: str, seed: int) -> base.EvalResult:
+        # A real module: flax and dataclasses look classes' modules up in
+        # sys.modules. It is removed again when the program is done.
+        module = types.ModuleType(_PROGRAM_MODULE)
+        module.__dict__['__builtins__'] = self.builtins
+        namespace = module.__dict__
+        sys.modules[_PROGRAM_MODULE] = module
+        try:
+            return self._execute_in(namespace, source, seed)
+        finally:
+            del sys.modules[_PROGRAM_MODULE]
+
+    def _execute_in(self, namespace: dict[str, Any], source: str,
+                    seed: int) -> base.EvalResult:
+        try:
+            exec(self.task.preamble, namespace)  # pylint: disable=exec-used
+            code = compile(source, '<candidate>', 'exec')
+        except SyntaxError as e:
+            raise base.ProgramFailure(
+                Status.SYNTAX_ERROR, f'line {e.lineno}: {e.msg}') from None
+        try:
+            exec(code, namespace)  # pylint: disable=exec-used
+        except (SandboxViolation, MemoryError, RecursionError):
+            raise
+        except Exception as e:  # pylint: disable=broad-except
+            if _is_oom(e):
+                raise
+            raise base.ProgramFailure(
+                Status.BUILD_ERROR,
+                f'running the program failed: {_first_line(e)}') from None
+        return self.task.run_program(namespace, seed)
+
+
+def main() -> None:
+    proto_out = os.fdopen(os.dup(1), 'w', encoding='utf-8')
+    os.dup2(2, 1)  # Stray writes to fd 1 go to the log, never the protocol.
+    sys.stdout = sys.stderr
+    t0 = time.perf_counter()
+    init = json.loads(sys.stdin.readline())
+    cache_dir = init.get('compilation_cache_dir')
+    import jax  # pylint: disable=g-import-not-at-top
+    if cache_dir:
+        jax.config.update('jax_compilation_cache_dir', cache_dir)
+        jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+        jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+    worker = Worker(init)
+
+    def reply(obj: dict[str, Any]) -> None:
+        proto_out.write(base.dumps(obj) + '\n')
+        proto_out.flush()
+
+    reply({'ready': True, 'startup_s': time.perf_counter() - t0,
+           'devices': [str(d) for d in jax.devices()]})
+    for line in sys.stdin:
+        job = json.loads(line)
+        result, restart = worker.run(job['source'], int(job['seed']))
+        reply({'result': result.to_json(), 'restart': restart})
+        if restart:
+            break
+
+
+if __name__ == '__main__':
+    main()

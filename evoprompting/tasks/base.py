@@ -1,0 +1,171 @@
+"""The Task protocol and the EvalResult record: the seam between search and tasks.
+
+A task says what a candidate program must define (its *contract*), which seed
+programs start the search, and how to train and score a program. The search
+loop and the sandbox only ever see this protocol; gin picks the concrete task.
+
+Trust boundary: `Task.run_program` executes generated code and therefore is
+only ever called inside a sandbox worker process (see
+`evoprompting.sandbox.pool`). The parent process validates, schedules and
+records; it never runs candidate code.
+
+Tasks are frozen dataclasses of plain values, so a task can be shipped to a
+worker as JSON (`task_to_spec` / `task_from_spec`) — no pickle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import importlib
+import json
+import typing
+from typing import Any, Mapping, Protocol, Sequence
+
+
+class Status(str, enum.Enum):
+    """Outcome of evaluating one candidate. Every failure is a status."""
+
+    OK = 'ok'
+    SYNTAX_ERROR = 'syntax_error'  # does not parse
+    FORBIDDEN = 'forbidden'  # validator or run-time guard refused it
+    BUILD_ERROR = 'build_error'  # does not define/instantiate/run the contract
+    TOO_LARGE = 'too_large'  # more parameters than the task's cap
+    NAN = 'nan'  # loss or outputs became non-finite
+    TIMEOUT = 'timeout'  # wall-clock or CPU-time limit
+    OOM = 'oom'  # memory limit
+    CRASH = 'crash'  # the worker died or failed for another reason
+
+
+def source_sha256(source: str) -> str:
+    return hashlib.sha256(source.encode('utf-8', 'surrogatepass')).hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalResult:
+    """The typed, JSON-serialisable result of evaluating one program.
+
+    Attributes:
+        status: see `Status`.
+        message: human-readable cause (for failures) or summary (for `ok`).
+        params: number of trainable parameters, once the model was built.
+        metrics: task metrics, e.g. `val_accuracy`, `test_accuracy`, `best_step`.
+        compile_s: seconds spent compiling (tracing + XLA) in the worker.
+        train_s: seconds spent running training and evaluation steps.
+        source_sha256: hash of the exact source evaluated.
+        output: what the program printed, capped.
+    """
+
+    status: Status
+    message: str
+    source_sha256: str
+    params: int | None = None
+    metrics: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    compile_s: float = 0.0
+    train_s: float = 0.0
+    output: str = ''
+
+    @property
+    def ok(self) -> bool:
+        return self.status == Status.OK
+
+    def to_json(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d['status'] = self.status.value
+        d['metrics'] = dict(self.metrics)
+        return d
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> EvalResult:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - fields
+        if unknown:
+            raise ValueError(f'unknown EvalResult fields: {sorted(unknown)}')
+        return cls(**{**d, 'status': Status(d['status']),
+                      'metrics': dict(d.get('metrics', {}))})
+
+
+@dataclasses.dataclass(frozen=True)
+class SeedProgram:
+    """A hand-written program that starts the search."""
+
+    name: str
+    source: str
+
+
+class Task(Protocol):
+    """What the search needs of a task. Implementations are frozen dataclasses."""
+
+    name: str
+
+    @property
+    def contract(self) -> str:
+        """The program contract, as shown to people and in the LM prompt."""
+
+    @property
+    def objectives(self) -> Sequence[str]:
+        """Metric keys the task reports; the first is the one selection uses."""
+
+    def seed_programs(self) -> list[SeedProgram]:
+        """The seed population; each satisfies the contract."""
+
+    def prepare(self) -> None:
+        """Loads or generates data once per worker, before any program runs."""
+
+    def run_program(self, source: str, seed: int) -> EvalResult:
+        """Builds, trains and scores `source`. Sandbox workers only: runs the code."""
+
+
+def task_to_spec(task: Task) -> dict[str, Any]:
+    """A JSON description of a task, rebuilt in a worker by `task_from_spec`."""
+    cls = type(task)
+    return {'class': f'{cls.__module__}:{cls.__qualname__}',
+            'fields': _to_plain(task)}
+
+
+_TASK_MODULE_PREFIXES = ('evoprompting.', 'clrs_tasks.')
+
+
+def task_from_spec(spec: Mapping[str, Any]) -> Task:
+    module_name, _, class_name = spec['class'].partition(':')
+    if not module_name.startswith(_TASK_MODULE_PREFIXES):
+        raise ValueError(f'refusing to load task class from {module_name!r}')
+    cls = getattr(importlib.import_module(module_name), class_name)
+    return _from_plain(cls, spec['fields'])
+
+
+def _to_plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _to_plain(getattr(obj, f.name))
+                for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [_to_plain(x) for x in obj]
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    return obj
+
+
+def _from_plain(kind: Any, data: Any) -> Any:
+    """Inverse of `_to_plain` for dataclasses of plain values and tuples."""
+    if dataclasses.is_dataclass(kind):
+        hints = typing.get_type_hints(kind)
+        return kind(**{f.name: _from_plain(hints[f.name], data[f.name])
+                       for f in dataclasses.fields(kind) if f.name in data})
+    if isinstance(data, list):
+        return tuple(data)
+    return data
+
+
+def dumps(obj: Mapping[str, Any]) -> str:
+    """One-line JSON used on every process and file boundary."""
+    return json.dumps(obj, sort_keys=True, allow_nan=False)
+
+
+class ProgramFailure(Exception):
+    """Raised inside a worker when a program fails in a way a task can name."""
+
+    def __init__(self, status: Status, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message

@@ -1,0 +1,1 @@
+"""The code language model served in-process (issue: lm/). Not yet implemented."""

@@ -1,0 +1,37 @@
+"""evoprompting-jax: EvoPrompting (Chen, Dohan & So, 2023) in JAX."""
+
+import setuptools
+
+setuptools.setup(
+    name='evoprompting-jax',
+    version='0.1.0',
+    description=('EvoPrompting: evolutionary neural architecture search with '
+                 'a code language model, in JAX.'),
+    long_description=open('README.md', encoding='utf-8').read(),
+    long_description_content_type='text/markdown',
+    python_requires='>=3.11',
+    packages=setuptools.find_packages(
+        include=['evoprompting', 'evoprompting.*', 'lm', 'lm.*',
+                 'clrs_tasks', 'clrs_tasks.*', 'seeds', 'seeds.*']),
+    # Seed programs are data read with importlib.resources.
+    package_data={'seeds': ['*/*.py']},
+    include_package_data=True,
+    install_requires=[
+        # Plain CPU JAX from the package index; no TensorFlow, no torch.
+        'jax>=0.6',
+        'flax>=0.10',
+        'optax>=0.2.4',
+        'orbax-checkpoint>=0.11',
+        'gin-config>=0.5',
+        'absl-py>=2.0',
+        'numpy>=1.26',
+        'mnist1d>=0.0.2',
+    ],
+    extras_require={
+        'test': ['pytest>=8', 'pytest-timeout>=2.3'],
+        # CLRS-30: jraph here; dm-clrs itself requires TensorFlow in its
+        # metadata, so the CLRS task installs its samplers without their
+        # dependencies (see clrs_tasks/).
+        'clrs': ['jraph>=0.0.6.dev0'],
+    },
+)
