@@ -29,6 +29,9 @@ from evoprompting import paths
 from evoprompting.tasks import base
 
 Status = base.Status
+# A worker whose protocol pipe closed is given this long to exit.
+_EXIT_GRACE_S = 10.0
+_EOF, _TIMED_OUT = 'eof', 'timed out'  # What `_receive` returns besides replies.
 _CODE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
 
@@ -114,7 +117,7 @@ class WorkerProcess:
             start_new_session=True)
         self._send({**init, 'write_dirs': [*init['write_dirs'], self.workdir]})
         ready = self._receive(limits.startup_s)
-        if ready is None or not ready.get('ready'):
+        if not isinstance(ready, dict) or not ready.get('ready'):
             reason = self._death_reason()
             self.kill()
             raise RuntimeError(f'sandbox worker failed to start: {reason}')
@@ -132,18 +135,18 @@ class WorkerProcess:
         self.proc.stdin.write((base.dumps(obj) + '\n').encode())
         self.proc.stdin.flush()
 
-    def _receive(self, timeout: float) -> dict[str, Any] | None:
-        """The next reply, or None if the worker died or ran out of time."""
+    def _receive(self, timeout: float) -> dict[str, Any] | str:
+        """The next reply, or `_EOF` (the worker died), or `_TIMED_OUT`."""
         deadline = time.monotonic() + timeout
         fd = self.proc.stdout.fileno()
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                return None
+                return _TIMED_OUT
             readable, _, _ = select.select([fd], [], [], min(left, 1.0))
             if readable:
                 line = self.proc.stdout.readline()
-                return json.loads(line) if line else None
+                return json.loads(line) if line else _EOF
 
     def _log_tail(self, start: int, lines: int = 6) -> str:
         with open(self.log.name, 'rb') as f:
@@ -165,17 +168,20 @@ class WorkerProcess:
         log_start = os.path.getsize(self.log.name)
         self._send({'source': source, 'seed': seed})
         reply = self._receive(self.limits.wall_s)
-        if reply is not None:
-            result = base.EvalResult.from_json(reply['result'])
-            return result, not reply.get('restart', False)
         sha = base.source_sha256(source)
-        if self.proc.poll() is None:  # Still running: out of wall-clock time.
+        if reply == _TIMED_OUT:
             self.kill()
             return base.EvalResult(
                 Status.TIMEOUT,
                 f'wall-clock limit of {self.limits.wall_s:g} s exceeded', sha), False
-        self.proc.wait()
-        code = self.proc.returncode
+        if reply != _EOF:
+            result = base.EvalResult.from_json(reply['result'])
+            return result, not reply.get('restart', False)
+        try:
+            code = self.proc.wait(timeout=_EXIT_GRACE_S)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            code = self.proc.returncode
         reason = self._death_reason(log_start)
         if code == -signal.SIGXCPU:
             return base.EvalResult(

@@ -65,6 +65,7 @@ def _build(model_cls: Any, sample_x: jax.ShapeDtypeStruct,
     try:
         model = model_cls()
     except Exception as e:  # pylint: disable=broad-except
+        _reraise_oom(e)
         raise base.ProgramFailure(
             Status.BUILD_ERROR,
             f'`Model()` failed: {type(e).__name__}: {e}') from None
@@ -79,16 +80,19 @@ def _build(model_cls: Any, sample_x: jax.ShapeDtypeStruct,
         out = jax.eval_shape(
             lambda v, x: model.apply(v, x, **train_kw), variables, sample_x)
     except Exception as e:  # pylint: disable=broad-except
+        _reraise_oom(e)
         raise base.ProgramFailure(
             Status.BUILD_ERROR,
             f'Model failed on an input of shape {given} (expected logits '
             f'{expected}): {type(e).__name__}: {_first_line(e)}') from None
     if (not isinstance(out, jax.ShapeDtypeStruct)
             or out.shape != (sample_x.shape[0], num_classes)):
-        shape = getattr(out, 'shape', type(out).__name__)
+        got = (f'{out.dtype}{list(out.shape)}'
+               if isinstance(out, jax.ShapeDtypeStruct) else
+               f'a {type(out).__name__}')
         raise base.ProgramFailure(
             Status.BUILD_ERROR,
-            f'Model maps {given} to {shape}, expected logits {expected}')
+            f'Model maps {given} to {got}, expected logits {expected}')
     if not jnp.issubdtype(out.dtype, jnp.floating):
         raise base.ProgramFailure(
             Status.BUILD_ERROR, f'Model returns {out.dtype} logits, expected floats')
@@ -227,8 +231,7 @@ def train_and_evaluate(model_cls: Any, splits: Any, config: Any, *,
     except base.ProgramFailure:
         raise
     except Exception as e:  # pylint: disable=broad-except
-        if _is_oom(e):
-            raise
+        _reraise_oom(e)
         raise base.ProgramFailure(
             Status.BUILD_ERROR,
             f'Model failed to compile for training: {type(e).__name__}: '
@@ -270,5 +273,7 @@ def train_and_evaluate(model_cls: Any, splits: Any, config: Any, *,
         compile_s=compile_s, train_s=train_s)
 
 
-def _is_oom(e: BaseException) -> bool:
-    return isinstance(e, MemoryError) or 'RESOURCE_EXHAUSTED' in str(e)
+def _reraise_oom(e: Exception) -> None:
+    """Out-of-memory errors are not build errors: let the worker name them."""
+    if isinstance(e, MemoryError) or 'RESOURCE_EXHAUSTED' in str(e):
+        raise e

@@ -1,0 +1,244 @@
+"""End-to-end tests of the sandbox: hostile and broken programs in real workers.
+
+Each program goes through the real validator and a real worker subprocess
+with a tiny training budget. Every one must get the right status and a message
+naming the cause, leave no side effect (canary files), and leave the parent
+able to evaluate the next program.
+"""
+
+import os
+import textwrap
+
+import pytest
+
+from evoprompting.sandbox import evaluator, pool, validator
+from evoprompting.tasks import base, mnist1d
+
+S = base.Status
+TINY = mnist1d.TrainConfig(num_steps=16, eval_every=8, steps_per_call=1)
+LIMITS = pool.Limits(wall_s=60, cpu_s=120, memory_mb=6144, startup_s=300,
+                     output_chars=500)
+MLP = textwrap.dedent('''
+    class Model(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(10)(nn.relu(nn.Dense(16)(x)))
+''')
+
+
+def model(body: str, header: str = '') -> str:
+    """A Model whose __call__ runs `body` (indented 8) before a Dense(10)."""
+    return header + textwrap.dedent('''
+        class Model(nn.Module):
+            @nn.compact
+            def __call__(self, x):
+        ''') + textwrap.indent(textwrap.dedent(body).rstrip('\n') + '\n',
+                               ' ' * 8) + '        return nn.Dense(10)(x)\n'
+
+
+@pytest.fixture(scope='module')
+def task(tmp_path_factory):
+    cache = str(tmp_path_factory.mktemp('cache'))
+    return mnist1d.Mnist1dTask(data=mnist1d.DataConfig(cache_dir=cache),
+                               train=TINY, max_params=200_000)
+
+
+@pytest.fixture(scope='module')
+def config(tmp_path_factory):
+    return pool.WorkerConfig(compilation_cache_dir=str(
+        tmp_path_factory.mktemp('jax_cache')))
+
+
+@pytest.fixture(scope='module')
+def sandbox(task, config):
+    with evaluator.Sandbox(task, limits=LIMITS, config=config) as s:
+        yield s
+
+
+@pytest.fixture(scope='module')
+def bare_pool(task, config):
+    """Workers reached without the validator, whose import hook also admits
+    os/subprocess/socket/pathlib/ctypes: the worker's own run-time guards are
+    all that stands between these programs and the machine."""
+    modules = validator.DEFAULT_POLICY.allowed_modules | {
+        'os', 'subprocess', 'socket', 'pathlib', 'ctypes'}
+    with pool.WorkerPool(task, allowed_modules=modules, limits=LIMITS,
+                         config=config) as p:
+        yield p
+
+
+def evaluate(sandbox, source, seed=0):
+    return sandbox.evaluate([source], [seed])[0]
+
+
+def test_seeds_evaluate_ok_with_documented_sizes(sandbox, task):
+    sizes = {'greydanus_cnn': 5210, 'residual_cnn': 91082, 'gru': 5110,
+             'mlp': 15210}
+    seeds = task.seed_programs()
+    assert sorted(s.name for s in seeds) == sorted(sizes)
+    results = sandbox.evaluate([s.source for s in seeds], [0] * len(seeds))
+    for seed, result in zip(seeds, results):
+        assert result.status == S.OK, (seed.name, result.message)
+        assert result.params == sizes[seed.name]
+        assert f'{sizes[seed.name]:,} parameters' in seed.source
+        assert 0.0 <= result.metrics['val_accuracy'] <= 1.0
+        assert result.metrics['best_step'] in (8, 16)
+        assert result.source_sha256 == base.source_sha256(seed.source)
+
+
+def test_refused_programs_never_start_a_worker(task, config):
+    with evaluator.Sandbox(task, limits=LIMITS, config=config) as s:
+        results = s.evaluate(['import os\nos.system("true")',
+                              'class Model(nn.Module:\n  pass',
+                              model('x = eval("x")')], [0, 0, 0])
+        assert [r.status for r in results] == [S.FORBIDDEN, S.SYNTAX_ERROR,
+                                               S.FORBIDDEN]
+        assert "'os'" in results[0].message
+        assert 'eval' in results[2].message
+        assert s.pool.startup_s == []
+
+
+@pytest.mark.parametrize('source, status, words', [
+    ('x = 1\n', S.BUILD_ERROR, ['no `Model`']),
+    ('class Model:\n    pass\n', S.BUILD_ERROR, ['flax.linen.Module']),
+    (textwrap.dedent('''
+        class Model(nn.Module):
+            width: int
+
+            @nn.compact
+            def __call__(self, x):
+                return nn.Dense(10)(x)
+     '''), S.BUILD_ERROR, ['Model()']),
+    (model('return nn.Dense(5)(x)\n'), S.BUILD_ERROR,
+     ['[128, 5]', '[128, 10]']),
+    (model('x = x.reshape((4, -1, 3))\n'), S.BUILD_ERROR,
+     ['float32[128, 40]', 'expected logits [128, 10]']),
+    (model('raise ValueError("no thanks")\n'), S.BUILD_ERROR,
+     ['ValueError', 'no thanks']),
+    (model('return jnp.argmax(nn.Dense(10)(x), -1, keepdims=True) * jnp.ones((1, 10), jnp.int32)\n'),
+     S.BUILD_ERROR, ['int32', 'floats']),
+    (model('pass\n', header='raise RuntimeError("at import")\n'),
+     S.BUILD_ERROR, ['RuntimeError', 'at import']),
+    (model('x = nn.Dense(100_000)(x)\n'), S.TOO_LARGE,
+     ['parameters exceed the cap of 200,000']),
+    (model('x = x * jnp.inf\n'), S.NAN, ['non-finite']),
+    (model('x = jnp.log(x - 1e9)\n'), S.NAN, ['non-finite']),
+    (textwrap.dedent('''
+        def f(n):
+            return f(n + 1)
+
+        class Model(nn.Module):
+            @nn.compact
+            def __call__(self, x):
+                f(0)
+                return nn.Dense(10)(x)
+     '''), S.BUILD_ERROR, ['recursion']),
+])
+def test_broken_programs_get_typed_statuses(sandbox, source, status, words):
+    result = evaluate(sandbox, source)
+    assert result.status == status, result.message
+    for word in words:
+        assert word in result.message, result.message
+
+
+def test_too_large_is_decided_before_training(sandbox):
+    result = evaluate(sandbox, model('x = nn.Dense(100_000)(x)\n'))
+    assert result.status == S.TOO_LARGE
+    assert result.compile_s == 0.0 and result.train_s == 0.0
+
+
+def test_wall_clock_timeout_then_parent_keeps_going(task, config):
+    limits = pool.Limits(wall_s=8, cpu_s=120, memory_mb=6144, startup_s=300)
+    with evaluator.Sandbox(task, limits=limits, config=config) as s:
+        hang = model('while True:\n    pass\n')
+        result = evaluate(s, hang)
+        assert result.status == S.TIMEOUT
+        assert 'wall-clock limit of 8 s' in result.message
+        assert evaluate(s, MLP).status == S.OK
+        assert len(s.pool.startup_s) == 2  # The hung worker was replaced.
+
+
+def test_cpu_time_limit(task, config):
+    limits = pool.Limits(wall_s=120, cpu_s=3, memory_mb=6144, startup_s=300)
+    with evaluator.Sandbox(task, limits=limits, config=config) as s:
+        result = evaluate(s, model('n = 0\nwhile True:\n    n += 1\n'))
+        assert result.status == S.TIMEOUT
+        assert 'CPU-time limit of 3 s' in result.message
+        assert evaluate(s, MLP).status == S.OK
+
+
+@pytest.mark.parametrize('body', [
+    'big = jnp.outer(jnp.arange(60_000.0), jnp.arange(60_000.0)) + x.sum()\n'
+    'x = x + jnp.sort(big.ravel())[:40]\n',
+    'waste = [0] * (2_000_000_000)\n',
+    'waste = np.ones((50_000, 50_000))\n',
+])
+def test_memory_bombs_are_oom(sandbox, body):
+    result = evaluate(sandbox, model(body, header='import numpy as np\n'))
+    assert result.status == S.OOM, result.message
+    assert 'memory' in result.message.lower()
+    assert evaluate(sandbox, MLP).status == S.OK
+
+
+def test_output_is_captured_and_capped(sandbox):
+    result = evaluate(sandbox, model('print("x" * 10_000)\n'))
+    assert result.status == S.OK
+    assert result.output.startswith('x' * 100)
+    assert len(result.output) < 600 and 'more characters' in result.output
+
+
+def test_same_program_and_seed_give_same_metrics(sandbox):
+    first = evaluate(sandbox, MLP, seed=3)
+    again = evaluate(sandbox, MLP, seed=3)
+    other = evaluate(sandbox, MLP, seed=4)
+    assert first.status == again.status == S.OK
+    assert first.metrics == again.metrics
+    assert first.metrics['final_train_loss'] != other.metrics['final_train_loss']
+
+
+def _escapes(canary: str) -> list[tuple[str, str]]:
+    """Escapes the validator would refuse; the worker must stop each itself."""
+    return [
+        ('os.system', f'import os\nos.system("touch {canary}")\n'),
+        ('subprocess', f'import subprocess\nsubprocess.run(["touch", "{canary}"])\n'),
+        ('write', f'import pathlib\npathlib.Path("{canary}").write_text("x")\n'),
+        ('os.open', f'import os\nos.open("{canary}", os.O_CREAT | os.O_WRONLY)\n'),
+        ('mkdir', f'import os\nos.mkdir("{canary}")\n'),
+        ('socket', 'import socket\nsocket.socket().connect(("127.0.0.1", 9))\n'),
+        ('ctypes', 'import ctypes\nctypes.CDLL(None).system(b"true")\n'),
+        ('fork', 'import os\nos.fork()\n'),
+        ('swallowed', textwrap.dedent(f'''
+            import pathlib
+            try:
+                pathlib.Path("{canary}").write_text("x")
+            except BaseException:
+                pass
+            ''')),
+    ]
+
+
+@pytest.mark.parametrize('index', range(9))
+def test_run_time_guard_blocks_escapes(bare_pool, tmp_path, index):
+    canary = str(tmp_path / 'canary')
+    name, body = _escapes(canary)[index]
+    result = bare_pool.run_one(body + MLP, 0)
+    assert result.status == S.FORBIDDEN, (name, result.status, result.message)
+    assert 'blocked at run time' in result.message
+    assert not os.path.exists(canary), name
+    assert bare_pool.run_one(MLP, 0).status == S.OK
+
+
+def test_builtins_and_imports_are_restricted_at_run_time(bare_pool):
+    # Without the validator, the worker's builtins still lack `open` and its
+    # import hook admits only the modules it was given.
+    result = bare_pool.run_one('f = open("/etc/hostname")\n' + MLP, 0)
+    assert result.status == S.BUILD_ERROR and "'open'" in result.message
+    result = bare_pool.run_one('import shutil\n' + MLP, 0)
+    assert result.status == S.BUILD_ERROR and "'shutil'" in result.message
+
+
+def test_native_crash_is_crash_and_worker_is_replaced(bare_pool):
+    result = bare_pool.run_one('import os\nos.abort()\n' + MLP, 0)
+    assert result.status == S.CRASH
+    assert 'SIGABRT' in result.message
+    assert bare_pool.run_one(MLP, 0).status == S.OK
