@@ -90,7 +90,7 @@ class TrainConfig:
     learning_rate: float = 0.01
     weight_decay: float = 1e-4
     eval_every: int = 200
-    steps_per_call: int = 8
+    steps_per_call: int = 1
 
     def __post_init__(self):
         for name in ('num_steps', 'batch_size', 'eval_every', 'steps_per_call'):
