@@ -15,7 +15,6 @@ import dataclasses
 import json
 import os
 import queue
-import resource
 import select
 import shutil
 import signal
@@ -113,8 +112,7 @@ class WorkerProcess:
         self.proc = subprocess.Popen(
             [sys.executable, '-m', 'evoprompting.sandbox.worker'],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
-            cwd=self.workdir, env=env, preexec_fn=self._set_limits,
-            start_new_session=True)
+            cwd=self.workdir, env=env, start_new_session=True)
         self._send({**init, 'write_dirs': [*init['write_dirs'], self.workdir]})
         ready = self._receive(limits.startup_s)
         if not isinstance(ready, dict) or not ready.get('ready'):
@@ -123,13 +121,6 @@ class WorkerProcess:
             raise RuntimeError(f'sandbox worker failed to start: {reason}')
         self.startup_s = time.perf_counter() - t0
         self.devices = ready.get('devices', [])
-
-    def _set_limits(self) -> None:  # Runs in the child before exec.
-        mem = self.limits.memory_mb << 20
-        resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
-        size = self.limits.file_mb << 20
-        resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
     def _send(self, obj: dict[str, Any]) -> None:
         self.proc.stdin.write((base.dumps(obj) + '\n').encode())

@@ -258,12 +258,26 @@ class Worker:
         return self.task.run_program(namespace, seed)
 
 
+def set_process_limits(limits: dict[str, Any]) -> None:
+    """Address space, file size and core dumps of this process, for good.
+
+    Set before JAX is imported and before any program runs; soft and hard
+    limits are equal, and programs cannot call setrlimit (validator and
+    audit hook).
+    """
+    for kind, value in ((resource.RLIMIT_AS, int(limits['memory_mb']) << 20),
+                        (resource.RLIMIT_FSIZE, int(limits['file_mb']) << 20),
+                        (resource.RLIMIT_CORE, 0)):
+        resource.setrlimit(kind, (value, value))
+
+
 def main() -> None:
     proto_out = os.fdopen(os.dup(1), 'w', encoding='utf-8')
     os.dup2(2, 1)  # Stray writes to fd 1 go to the log, never the protocol.
     sys.stdout = sys.stderr
     t0 = time.perf_counter()
     init = json.loads(sys.stdin.readline())
+    set_process_limits(init['limits'])
     cache_dir = init.get('compilation_cache_dir')
     import jax  # pylint: disable=g-import-not-at-top
     if cache_dir:
