@@ -51,9 +51,18 @@ def evaluate_seeds(*, task: base.Task, limits: pool.Limits, worker_config: pool.
     os.makedirs(workdir, exist_ok=True)
     seeds = task.seed_programs()
     logging.info('Evaluating %d seed programs of %s', len(seeds), task.name)
+    done = 0
+
+    def report(i: int, result: base.EvalResult) -> None:
+        nonlocal done
+        done += 1
+        logging.info('[%d/%d] %s: %s (%s)', done, len(seeds), seeds[i].name,
+                     result.status.value, result.message)
+
     with evaluator.Sandbox(task, limits=limits, config=worker_config,
                            num_workers=num_workers) as sandbox:
-        results = sandbox.evaluate([s.source for s in seeds], [seed] * len(seeds))
+        results = sandbox.evaluate([s.source for s in seeds], [seed] * len(seeds),
+                                   on_result=report)
     path = os.path.join(workdir, 'seed_results.jsonl')
     with open(path, 'w', encoding='utf-8') as f:
         for s, r in zip(seeds, results):

@@ -12,11 +12,11 @@ from typing import Sequence
 
 import gin
 
-# gin logs an error for every include it finds on the search path rather than
-# relative to the working folder; the include still works, so drop that line.
-logging.getLogger('absl').addFilter(
-    lambda r: not (r.pathname.endswith('resource_reader.py')
-                   and 'Path not found' in r.getMessage()))
+# gin's resource reader logs every include it resolves through the search path
+# (as an error when the path is not relative to the working folder, though the
+# include works): noise for our users, so those records are dropped.
+logging.getLogger().addFilter(
+    lambda r: not r.pathname.endswith(os.path.join('gin', 'resource_reader.py')))
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

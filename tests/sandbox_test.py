@@ -242,3 +242,17 @@ def test_native_crash_is_crash_and_worker_is_replaced(bare_pool):
     assert result.status == S.CRASH
     assert 'SIGABRT' in result.message
     assert bare_pool.run_one(MLP, 0).status == S.OK
+
+
+def test_parallel_workers_keep_order_and_report_progress(task, config):
+    sources = [MLP, 'import os\n' + MLP, model('x = nn.Dense(100_000)(x)\n'),
+               MLP.replace('16', '8')]
+    seen = {}
+    with evaluator.Sandbox(task, limits=LIMITS, config=config,
+                           num_workers=2) as s:
+        results = s.evaluate(sources, [0] * 4,
+                             on_result=lambda i, r: seen.setdefault(i, r))
+        assert len(s.pool.startup_s) == 2
+    assert [r.status for r in results] == [S.OK, S.FORBIDDEN, S.TOO_LARGE, S.OK]
+    assert results[0].params != results[3].params
+    assert seen == dict(enumerate(results))

@@ -26,9 +26,14 @@ class Sandbox:
             task, allowed_modules=policy.allowed_modules, limits=limits,
             config=config, num_workers=num_workers)
 
-    def evaluate(self, sources: Sequence[str],
-                 seeds: Sequence[int]) -> list[base.EvalResult]:
-        """Evaluates programs in order; refused ones never reach a worker."""
+    def evaluate(self, sources: Sequence[str], seeds: Sequence[int],
+                 on_result: pool.ResultCallback | None = None
+                 ) -> list[base.EvalResult]:
+        """Evaluates programs; refused ones never reach a worker.
+
+        Returns results in the order of `sources`; `on_result(index, result)`
+        is called in this thread as each result arrives (progress reporting).
+        """
         results: list[base.EvalResult | None] = []
         runnable = []
         for i, source in enumerate(sources):
@@ -40,8 +45,15 @@ class Sandbox:
                 results.append(base.EvalResult(
                     base.Status(violation.status), violation.message,
                     base.source_sha256(source) if isinstance(source, str) else ''))
+                if on_result:
+                    on_result(i, results[i])
+
+        def report(j: int, result: base.EvalResult) -> None:
+            if on_result:
+                on_result(runnable[j], result)
+
         ran = self.pool.evaluate([sources[i] for i in runnable],
-                                 [seeds[i] for i in runnable])
+                                 [seeds[i] for i in runnable], on_result=report)
         for i, result in zip(runnable, ran):
             results[i] = result
         return results

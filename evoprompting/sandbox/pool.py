@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from evoprompting import paths
 from evoprompting.tasks import base
@@ -195,6 +195,9 @@ class WorkerProcess:
                 pass
 
 
+ResultCallback = Callable[[int, base.EvalResult], None]
+
+
 class WorkerPool:
     """Reusable sandbox workers for one task.
 
@@ -252,14 +255,25 @@ class WorkerPool:
         finally:
             self._idle.put(worker)
 
-    def evaluate(self, sources: Sequence[str],
-                 seeds: Sequence[int]) -> list[base.EvalResult]:
+    def evaluate(self, sources: Sequence[str], seeds: Sequence[int],
+                 on_result: ResultCallback | None = None
+                 ) -> list[base.EvalResult]:
+        """Runs programs on the workers; results in the order of `sources`.
+
+        `on_result(index, result)` is called in this thread as results arrive.
+        """
         if len(sources) != len(seeds):
             raise ValueError('one seed per source')
-        if self.num_workers == 1 or len(sources) <= 1:
-            return [self.run_one(s, k) for s, k in zip(sources, seeds)]
+        results: list[base.EvalResult | None] = [None] * len(sources)
         with concurrent.futures.ThreadPoolExecutor(self.num_workers) as ex:
-            return list(ex.map(self.run_one, sources, seeds))
+            futures = {ex.submit(self.run_one, s, k): i
+                       for i, (s, k) in enumerate(zip(sources, seeds))}
+            for future in concurrent.futures.as_completed(futures):
+                i = futures[future]
+                results[i] = future.result()
+                if on_result:
+                    on_result(i, results[i])
+        return results
 
     def close(self) -> None:
         """Stops every worker. Call when no evaluation is in flight."""
