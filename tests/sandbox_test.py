@@ -256,3 +256,20 @@ def test_parallel_workers_keep_order_and_report_progress(task, config):
     assert [r.status for r in results] == [S.OK, S.FORBIDDEN, S.TOO_LARGE, S.OK]
     assert results[0].params != results[3].params
     assert seen == dict(enumerate(results))
+
+
+def test_worker_is_replaced_when_a_program_leaves_jax_settings_changed(
+        task, config):
+    # A suspended generator keeps `jax.enable_x64` entered after the program.
+    leaky = textwrap.dedent('''
+        def keep_x64():
+            with jax.enable_x64(True):
+                yield
+
+        HELD = keep_x64()
+        next(HELD)
+    ''') + MLP
+    with evaluator.Sandbox(task, limits=LIMITS, config=config) as s:
+        assert evaluate(s, leaky).status == S.OK
+        assert evaluate(s, MLP).status == S.OK
+        assert len(s.pool.startup_s) == 2

@@ -177,6 +177,8 @@ class Worker:
             self.builtins.pop(name, None)
         self.builtins['__import__'] = _guarded_import(
             frozenset(init['allowed_modules']))
+        import jax  # pylint: disable=g-import-not-at-top
+        self.jax_config = jax.config
         self.task.prepare()
         sys.addaudithook(self.guard.hook)
 
@@ -194,6 +196,7 @@ class Worker:
         sha = base.source_sha256(source)
         output = CappedText(int(self.limits['output_chars']))
         restart = False
+        config_before = dict(self.jax_config.values)
         self._limit_cpu()
         try:
             with contextlib.redirect_stdout(output), \
@@ -222,6 +225,9 @@ class Worker:
             # A program that caught the guard's exception is still refused.
             result = base.EvalResult(Status.FORBIDDEN, self.guard.violation, sha)
             restart = True
+        # JAX settings a program left changed (e.g. inside a suspended
+        # generator) must not leak into the next program: start afresh.
+        restart = restart or dict(self.jax_config.values) != config_before
         return dataclasses.replace(result, source_sha256=sha,
                                    output=output.getvalue()), restart
 
@@ -247,10 +253,8 @@ class Worker:
                 Status.SYNTAX_ERROR, f'line {e.lineno}: {e.msg}') from None
         try:
             exec(code, namespace)  # pylint: disable=exec-used
-        except (SandboxViolation, MemoryError, RecursionError):
-            raise
         except Exception as e:  # pylint: disable=broad-except
-            if _is_oom(e):
+            if _is_oom(e) or isinstance(e, RecursionError):
                 raise
             raise base.ProgramFailure(
                 Status.BUILD_ERROR,
