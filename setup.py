@@ -26,6 +26,7 @@ setuptools.setup(
         'absl-py>=2.0',
         'numpy>=1.26',
         'mnist1d>=0.0.2',
+        'tokenizers>=0.20',
     ],
     extras_require={
         'test': ['pytest>=8', 'pytest-timeout>=2.3'],
