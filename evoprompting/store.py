@@ -1,0 +1,168 @@
+"""The durable record of a search: every candidate, and the loop state.
+
+`<workdir>/candidates.jsonl` holds one JSON object a line for every sampled
+candidate, valid or not (its round, parents, prompt, temperature, source and
+EvalResult). Each append is flushed and fsynced before `append` returns, so a
+candidate recorded is never lost, whatever kills the process afterwards. A
+process killed in the middle of an append leaves at most one truncated last
+line; `CandidateStore.open` detects it and cuts it off, with a warning.
+
+`<workdir>/state.json` holds the loop state (round, RNG keys, population).
+It is replaced atomically: written to a temporary file, fsynced, renamed over
+the old one, and the folder fsynced.
+
+No pickle: everything is JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Iterator, Mapping
+
+from absl import logging
+
+from evoprompting.tasks import base
+
+CANDIDATES_FILE = 'candidates.jsonl'
+STATE_FILE = 'state.json'
+
+
+class StoreCorrupted(Exception):
+    """A complete line of the candidate log cannot be read."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """One sampled program and what became of it.
+
+    Attributes:
+      id: position in the log, from 0.
+      round: search round that sampled it (-1 for seeds).
+      parents: ids of the programs shown in its prompt.
+      prompt_id: which prompt of the round produced it (None for seeds).
+      temperature: sampling temperature (None for seeds).
+      source: the program text.
+      result: its evaluation.
+      duplicate_of: id of an earlier candidate with the same normalised
+        source; such a candidate is recorded but not trained again.
+    """
+
+    id: int
+    round: int
+    source: str
+    result: base.EvalResult
+    parents: tuple[int, ...] = ()
+    prompt_id: int | None = None
+    temperature: float | None = None
+    duplicate_of: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d['result'] = self.result.to_json()
+        d['parents'] = list(self.parents)
+        return d
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Candidate:
+        return cls(**{**d, 'result': base.EvalResult.from_json(d['result']),
+                      'parents': tuple(d.get('parents', ()))})
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class CandidateStore:
+    """Append-only candidate log of one workdir. Use `CandidateStore.open`."""
+
+    def __init__(self, workdir: str, candidates: list[Candidate]):
+        self.workdir = workdir
+        self.path = os.path.join(workdir, CANDIDATES_FILE)
+        self.candidates = candidates
+        self._file = open(self.path, 'a', encoding='utf-8')
+
+    @classmethod
+    def open(cls, workdir: str) -> CandidateStore:
+        """Opens (creating if needed) the log, repairing a truncated last line."""
+        os.makedirs(workdir, exist_ok=True)
+        path = os.path.join(workdir, CANDIDATES_FILE)
+        candidates: list[Candidate] = []
+        if os.path.exists(path):
+            candidates = _read_repairing(path)
+        return cls(workdir, candidates)
+
+    def __len__(self) -> int:
+        return len(self.candidates)
+
+    def __iter__(self) -> Iterator[Candidate]:
+        return iter(self.candidates)
+
+    def append(self, candidate: Candidate) -> None:
+        """Writes one candidate durably; its id must be the next position."""
+        if candidate.id != len(self.candidates):
+            raise ValueError(f'candidate id {candidate.id} is not the next id '
+                             f'{len(self.candidates)}')
+        self._file.write(json.dumps(candidate.to_json(), sort_keys=True,
+                                    allow_nan=False) + '\n')
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self.candidates.append(candidate)
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> CandidateStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _read_repairing(path: str) -> list[Candidate]:
+    """Reads every complete line; cuts off a last line without its newline."""
+    with open(path, 'rb') as f:
+        data = f.read()
+    *complete, tail = data.split(b'\n')  # Complete lines end with a newline.
+    candidates = []
+    for number, line in enumerate(complete, start=1):
+        try:
+            candidates.append(Candidate.from_json(json.loads(line)))
+        except (ValueError, KeyError, TypeError) as e:
+            raise StoreCorrupted(f'{path} line {number} is unreadable: {e}') from None
+        if candidates[-1].id != number - 1:
+            raise StoreCorrupted(f'{path} line {number} has id {candidates[-1].id}')
+    if tail:
+        logging.warning('%s: removing a truncated last record (%d bytes) left '
+                        'by an interrupted write', path, len(tail))
+        with open(path, 'r+b') as f:
+            f.truncate(len(data) - len(tail))
+            f.flush()
+            os.fsync(f.fileno())
+    return candidates
+
+
+def write_state(workdir: str, state: Mapping[str, Any]) -> None:
+    """Replaces `<workdir>/state.json` atomically (temp file, fsync, rename)."""
+    path = os.path.join(workdir, STATE_FILE)
+    tmp = f'{path}.tmp'
+    with open(tmp, 'w', encoding='utf-8') as f:
+        json.dump(state, f, sort_keys=True, allow_nan=False)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(workdir)
+
+
+def read_state(workdir: str) -> dict[str, Any] | None:
+    """The last state written, or None for a fresh workdir."""
+    path = os.path.join(workdir, STATE_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding='utf-8') as f:
+        return json.load(f)
