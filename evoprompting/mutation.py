@@ -1,0 +1,164 @@
+"""AST-level mutation and crossover of model programs, without an LM.
+
+The variation operators of the regularized-evolution baseline (Real et al.,
+2019), and of the synthetic episodes the default LM learns from. A program is
+a `class Model(nn.Module)` whose `__call__` body is a list of statements;
+operators act on that body and on the literal arguments of layer calls:
+
+  * `resize`: scale one integer literal argument of a call (features, kernel
+    size, strides, window shapes) by a random factor;
+  * `swap_activation`: replace one activation function by another;
+  * `duplicate`: repeat one statement of `__call__` (deepens the network);
+  * `delete`: drop one statement of `__call__` that is not the return;
+  * `crossover`: the first part of one parent's `__call__` body followed by
+    the rest of the other's (one-point crossover on statements); helpers come
+    from the first parent, class fields from both.
+
+The results are only syntactically valid: they may not build. Like LM
+children, they go through the sandbox, which says so. All randomness comes
+from the `numpy.random.Generator` the caller passes in.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+from typing import Callable
+
+import numpy as np
+
+ACTIVATIONS = ('relu', 'gelu', 'silu', 'tanh', 'elu', 'sigmoid', 'swish')
+SCALES = (0.25, 0.5, 0.75, 1.5, 2.0, 3.0)
+
+
+class NotAModel(ValueError):
+    """The source has no `class Model` with a `__call__` method."""
+
+
+def _call_method(tree: ast.Module) -> ast.FunctionDef:
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == 'Model':
+            for item in node.body:
+                if isinstance(item, ast.FunctionDef) and item.name == '__call__':
+                    return item
+    raise NotAModel('no `class Model` with a `__call__` method')
+
+
+def _parse(source: str) -> tuple[ast.Module, ast.FunctionDef]:
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as e:
+        raise NotAModel(f'does not parse: {e}') from None
+    return tree, _call_method(tree)
+
+
+def _int_constants(fn: ast.FunctionDef) -> list[ast.Constant]:
+    """Positive int literals inside call arguments (incl. tuples) in `fn`."""
+    found = []
+    for call in ast.walk(fn):
+        if not isinstance(call, ast.Call):
+            continue
+        values = [*call.args, *(k.value for k in call.keywords)]
+        for value in values:
+            items = value.elts if isinstance(value, (ast.Tuple, ast.List)) else [value]
+            found += [c for c in items if isinstance(c, ast.Constant)
+                      and type(c.value) is int and c.value > 0]
+    return found
+
+
+def _activations(fn: ast.FunctionDef) -> list[ast.Attribute]:
+    return [n for n in ast.walk(fn) if isinstance(n, ast.Attribute)
+            and n.attr in ACTIVATIONS and isinstance(n.value, ast.Name)
+            and n.value.id in ('nn', 'jax')]
+
+
+def _body_statements(fn: ast.FunctionDef) -> list[int]:
+    """Indices of statements of `fn` that are neither docstring nor return."""
+    return [i for i, s in enumerate(fn.body) if not isinstance(s, ast.Return)
+            and not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
+
+
+def resize(tree: ast.Module, fn: ast.FunctionDef, rng: np.random.Generator) -> bool:
+    constants = _int_constants(fn)
+    if not constants:
+        return False
+    node = constants[rng.integers(len(constants))]
+    node.value = max(1, int(round(node.value * SCALES[rng.integers(len(SCALES))])))
+    return True
+
+
+def swap_activation(tree: ast.Module, fn: ast.FunctionDef,
+                    rng: np.random.Generator) -> bool:
+    found = _activations(fn)
+    if not found:
+        return False
+    node = found[rng.integers(len(found))]
+    others = [a for a in ACTIVATIONS if a != node.attr]
+    node.attr = others[rng.integers(len(others))]
+    node.value.id = 'nn'
+    return True
+
+
+def duplicate(tree: ast.Module, fn: ast.FunctionDef,
+              rng: np.random.Generator) -> bool:
+    candidates = _body_statements(fn)
+    if not candidates:
+        return False
+    i = candidates[rng.integers(len(candidates))]
+    fn.body.insert(i + 1, copy.deepcopy(fn.body[i]))
+    return True
+
+
+def delete(tree: ast.Module, fn: ast.FunctionDef, rng: np.random.Generator) -> bool:
+    candidates = _body_statements(fn)
+    if len(candidates) < 2:
+        return False
+    del fn.body[candidates[rng.integers(len(candidates))]]
+    return True
+
+
+MUTATIONS: dict[str, Callable[[ast.Module, ast.FunctionDef, np.random.Generator],
+                              bool]] = {
+    'resize': resize, 'swap_activation': swap_activation,
+    'duplicate': duplicate, 'delete': delete}
+
+
+def mutate(source: str, rng: np.random.Generator) -> tuple[str, str]:
+    """One random applicable mutation. Returns (new source, mutation name).
+
+    Raises:
+      NotAModel: the source has no `class Model` with `__call__`, or no
+        mutation applies to it.
+    """
+    tree, fn = _parse(source)
+    for name in rng.permutation(sorted(MUTATIONS)):
+        if MUTATIONS[name](tree, fn, rng):
+            return ast.unparse(ast.fix_missing_locations(tree)) + '\n', str(name)
+    raise NotAModel('no mutation applies')
+
+
+def _class_fields(tree: ast.Module) -> tuple[ast.ClassDef, dict[str, ast.stmt]]:
+    """The Model class and its field statements (`name: type = value`)."""
+    cls = next(n for n in tree.body
+               if isinstance(n, ast.ClassDef) and n.name == 'Model')
+    fields = {s.target.id: s for s in cls.body
+              if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name)}
+    return cls, fields
+
+
+def crossover(first: str, second: str, rng: np.random.Generator) -> str:
+    """One-point crossover of the two `__call__` bodies (see module docstring).
+
+    Fields of the second parent's class that the first lacks are added, so
+    its statements find their `self.<field>`.
+    """
+    tree, fn_a = _parse(first)
+    tree_b, fn_b = _parse(second)
+    cut_a = int(rng.integers(0, len(fn_a.body)))
+    cut_b = int(rng.integers(0, len(fn_b.body)))
+    fn_a.body = fn_a.body[:cut_a] + fn_b.body[cut_b:]
+    cls_a, fields_a = _class_fields(tree)
+    _, fields_b = _class_fields(tree_b)
+    missing = [f for name, f in fields_b.items() if name not in fields_a]
+    cls_a.body[:0] = missing
+    return ast.unparse(ast.fix_missing_locations(tree)) + '\n'
