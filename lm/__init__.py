@@ -1,1 +1,16 @@
-"""The code language model served in-process (issue: lm/). Not yet implemented."""
+"""The code language model, served in-process the T5X way on flax + orbax.
+
+Modules (issue 4):
+  model.py         Llama/Qwen2-family decoder (`Transformer`, `TransformerConfig`,
+                   explicit `KVCache`), logical axis names on every parameter.
+  partitioning.py  rule table onto a ('data', 'model') mesh, sharded creation
+                   of parameters from `jax.eval_shape`, parameter counts.
+  sampler.py       jitted, stateless sampling over a fixed-length KV cache:
+                   left-padded prompt buckets, per-row temperature, top-k/top-p,
+                   EOS, optional soft prompt as an input.
+  testing.py       tiny public configs (and fast random weights) for tests.
+  vocab.py         seqio-style vocabularies over `tokenizers`.
+  checkpoints.py   orbax save/restore with structure and shape checks.
+
+Not yet: prompt tuning, the Hugging Face importer, serving, pretraining.
+"""
