@@ -1,0 +1,147 @@
+"""The language model as one object: what the search talks to.
+
+`LanguageModel` owns the model config, parameters (placed on its mesh by
+their logical axes), vocabulary, mesh and axis rules, and exposes three
+calls on text:
+
+  * `generate(prompts, num_samples, max_new_tokens, temperatures, rng,
+    soft_prompt=None)` -> `list[list[str]]`: `num_samples` continuations of
+    each prompt, sample i at `temperatures[i]`;
+  * `logits(token_ids)` -> `np.ndarray [B, T, V]`;
+  * `tune(soft_prompt, examples, rng)` -> `(soft_prompt, metrics)`:
+    soft-prompt tuning on (prompt text, target text) pairs, model frozen.
+
+Compilation is bounded: rows are grouped into batches of `batch_size` (a
+last short batch is filled with copies of its first row at temperature 0,
+whose outputs are dropped) and prompts are padded to length buckets, so the
+sampler compiles once per (bucket, soft prompt length) and never per prompt.
+Every jitted call runs inside `partitioning.activate(mesh, rules)`.
+
+Randomness: batch j samples with `fold_in(rng, j)`. A row's sample depends on
+the batch it lands in (the sampler draws one key per step for the batch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lm import model as model_lib
+from lm import partitioning, prompt_tuning, sampler
+from lm import vocab as vocab_lib
+
+
+@functools.partial(jax.jit, static_argnames=('model',))
+def _forward(model: model_lib.Transformer, params: Any,
+             tokens: jax.Array) -> jax.Array:
+    return model.apply({'params': params}, tokens)
+
+
+@dataclasses.dataclass
+class LanguageModel:
+    """A served decoder (see the module docstring). Build with `create`.
+
+    Attributes:
+      config: the model's hyperparameters.
+      params: plain parameter arrays, sharded over `mesh` by logical axes.
+      vocab: the vocabulary (EOS ends a sample; PAD fills).
+      mesh: devices the model runs on, axes ('data', 'model').
+      rules: logical-axis rules (with the soft prompt's).
+      batch_size: rows per sampling call.
+      stop_strings: samples are cut before the first of these.
+      top_k, top_p: sampling filters (0 and 1.0 disable them).
+      tuning: soft-prompt tuning settings used by `tune`.
+    """
+
+    config: model_lib.TransformerConfig
+    params: Any
+    vocab: vocab_lib.Vocabulary
+    mesh: jax.sharding.Mesh
+    rules: partitioning.Rules
+    batch_size: int = 16
+    stop_strings: tuple[str, ...] = ()
+    top_k: int = 0
+    top_p: float = 1.0
+    tuning: prompt_tuning.TuningConfig = prompt_tuning.TuningConfig()
+
+    @classmethod
+    def create(cls, config: model_lib.TransformerConfig, params: Any,
+               vocab: vocab_lib.Vocabulary, *,
+               mesh: jax.sharding.Mesh | None = None, **options) -> LanguageModel:
+        """Places `params` (plain or boxed) on `mesh` (default: all devices)."""
+        if vocab.vocab_size > config.vocab_size:
+            raise ValueError(f'vocabulary of {vocab.vocab_size} tokens does not fit '
+                             f'the model\'s {config.vocab_size} embeddings')
+        mesh = mesh or partitioning.make_mesh()
+        rules = partitioning.standard_logical_axis_rules(
+            prompt_tuning.PARTITIONING_RULES)
+        shardings = partitioning.logical_shardings(
+            model_lib.abstract_params(config), mesh, rules)
+        params = jax.device_put(partitioning.strip_boxes(params), shardings)
+        return cls(config=config, params=params, vocab=vocab, mesh=mesh,
+                   rules=rules, **options)
+
+    @property
+    def model(self) -> model_lib.Transformer:
+        return model_lib.Transformer(self.config)
+
+    def generate(self, prompts: Sequence[str], *, num_samples: int,
+                 max_new_tokens: int, temperatures: Sequence[float],
+                 rng: jax.Array, soft_prompt: jax.Array | None = None
+                 ) -> list[list[str]]:
+        """`num_samples` continuations of every prompt (sample i at
+        `temperatures[i]`), cut at EOS and at the first stop string."""
+        if len(temperatures) != num_samples:
+            raise ValueError(f'{num_samples} samples need {num_samples} '
+                             f'temperatures, got {len(temperatures)}')
+        rows = [(p, t) for p in prompts for t in temperatures]
+        config = sampler.SamplingConfig(
+            max_new_tokens=max_new_tokens, eos_id=self.vocab.eos_id,
+            pad_id=self.vocab.pad_id, top_k=self.top_k, top_p=self.top_p)
+        prefix = 0 if soft_prompt is None else soft_prompt.shape[-2]
+        room = sampler.max_prompt_length(self.config, config, prefix)
+        encoded = {p: self.vocab.encode(p) for p in prompts}
+        texts = []
+        for j, start in enumerate(range(0, len(rows), self.batch_size)):
+            chunk = rows[start:start + self.batch_size]
+            filled = chunk + [(chunk[0][0], 0.0)] * (self.batch_size - len(chunk))
+            batch = sampler.pad_prompts([encoded[p] for p, _ in filled],
+                                        pad_id=self.vocab.pad_id, max_length=room)
+            with partitioning.activate(self.mesh, self.rules):
+                out = sampler.sample(
+                    self.model, self.params, batch.tokens, batch.mask,
+                    config=config,
+                    temperatures=jnp.asarray([t for _, t in filled], jnp.float32),
+                    rng=jax.random.fold_in(rng, j), soft_prompt=soft_prompt)
+            tokens, lengths = jax.device_get((out.tokens, out.lengths))
+            for row in range(len(chunk)):
+                text = self.vocab.decode(tokens[row, :lengths[row]])
+                texts.append(sampler.truncate_at_stop_strings(text, self.stop_strings))
+        return [texts[i * num_samples:(i + 1) * num_samples]
+                for i in range(len(prompts))]
+
+    def logits(self, token_ids: np.ndarray) -> np.ndarray:
+        """float32 `[B, T, vocab]` logits of `[B, T]` token ids."""
+        token_ids = np.asarray(token_ids, np.int32)
+        if token_ids.ndim != 2:
+            raise ValueError(f'token_ids must be [B, T], got {token_ids.shape}')
+        with partitioning.activate(self.mesh, self.rules):
+            return np.asarray(_forward(self.model, self.params, token_ids))
+
+    def tune(self, soft_prompt: jax.Array, examples: Sequence[tuple[str, str]],
+             rng: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
+        """Tunes `soft_prompt` on (prompt text, target text) pairs; the target
+        is followed by EOS, so the model also learns where a child ends."""
+        encoded = [prompt_tuning.Example(
+            prompt=tuple(self.vocab.encode(p)),
+            target=tuple(self.vocab.encode(t)) + (self.vocab.eos_id,))
+            for p, t in examples]
+        with partitioning.activate(self.mesh, self.rules):
+            return prompt_tuning.tune(
+                soft_prompt, self.params, encoded, model_config=self.config,
+                config=self.tuning, pad_id=self.vocab.pad_id, rng=rng)
