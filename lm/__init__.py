@@ -11,6 +11,9 @@ Modules (issue 4):
   testing.py       tiny public configs (and fast random weights) for tests.
   vocab.py         seqio-style vocabularies over `tokenizers`.
   checkpoints.py   orbax save/restore with structure and shape checks.
+  prompt_tuning.py soft-prompt tuning with the model frozen (jitted step).
+  serving.py       `LanguageModel`: generate / logits / tune on text.
 
-Not yet: prompt tuning, the Hugging Face importer, serving, pretraining.
+Not yet: the Hugging Face importer, `python -m lm.sample`, pretraining and the
+embedded default model.
 """
