@@ -27,6 +27,7 @@ setuptools.setup(
         'numpy>=1.26',
         'mnist1d>=0.0.2',
         'tokenizers>=0.20',
+        'safetensors>=0.4',  # Hugging Face checkpoints (lm/hf_import.py).
     ],
     extras_require={
         'test': ['pytest>=8', 'pytest-timeout>=2.3'],

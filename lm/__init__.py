@@ -13,7 +13,10 @@ Modules (issue 4):
   checkpoints.py   orbax save/restore with structure and shape checks.
   prompt_tuning.py soft-prompt tuning with the model frozen (jitted step).
   serving.py       `LanguageModel`: generate / logits / tune on text.
+  hf_import.py     Llama/Qwen2 Hugging Face folders (safetensors, sharded or
+                   not, tokenizer.json) into our params, with strict checks;
+                   `checkpoints.load_hf` serves one.
+  sample.py        `python -m lm.sample`: print samples from a checkpoint.
 
-Not yet: the Hugging Face importer, `python -m lm.sample`, pretraining and the
-embedded default model.
+Not yet: pretraining and the embedded default model (`load_default`).
 """

@@ -6,7 +6,8 @@ A checkpoint is an orbax `StandardCheckpointer` directory holding one pytree
 arrays land directly on the right devices in the requested dtypes, and checks
 that the stored tree has exactly the expected structure and shapes.
 
-The Hugging Face importer (`load_hf`) comes with the serving slice.
+`load_hf` serves a Hugging Face checkpoint folder (read by
+`lm.hf_import.import_hf`) as a `lm.serving.LanguageModel`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ import shutil
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
+
+from lm import hf_import, partitioning, serving
 
 
 def save(directory: str, tree: Any, *, overwrite: bool = False) -> None:
@@ -77,3 +81,18 @@ def _check_matches(stored: Any, expected: Any) -> None:
         if tuple(got.shape) != tuple(leaf.shape):
             raise ValueError(f'checkpoint leaf {name} has shape {tuple(got.shape)}, '
                              f'expected {tuple(leaf.shape)}')
+
+
+def load_hf(path: str, *, dtype: Any = jnp.float32,
+            mesh: jax.sharding.Mesh | None = None,
+            **options) -> serving.LanguageModel:
+    """A Llama/Qwen2-family Hugging Face checkpoint folder, served.
+
+    Parameters go straight to their shardings on `mesh` (default: all
+    devices); `options` are `LanguageModel` fields (batch_size,
+    stop_strings, top_k, top_p, tuning). Errors as `hf_import.import_hf`.
+    """
+    mesh = mesh or partitioning.make_mesh()
+    config, params, vocabulary = hf_import.import_hf(path, dtype=dtype, mesh=mesh)
+    return serving.LanguageModel.create(config, params, vocabulary, mesh=mesh,
+                                        **options)

@@ -1,10 +1,14 @@
 """LanguageModel: text in, text out; bounded compilation; tuning through it."""
 
+import os
+import subprocess
+import sys
+
 import jax
 import numpy as np
 import pytest
 
-from lm import prompt_tuning, sampler, serving, testing
+from lm import checkpoints, prompt_tuning, sampler, serving, testing
 from lm import vocab as vocab_lib
 
 TEXTS = ['class Model(nn.Module):\n    x = nn.Dense(10)(x)\n'] * 30
@@ -62,3 +66,33 @@ def test_tune_through_the_served_model(lm):
     out = lm.generate(['class Model'], num_samples=1, max_new_tokens=6,
                       temperatures=[0.0], rng=jax.random.key(0), soft_prompt=tuned)
     assert len(out) == 1 and len(out[0]) == 1
+
+
+FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures', 'hf')
+
+
+def test_load_hf_serves_a_checkpoint_with_parity():
+    path = os.path.join(FIXTURES, 'qwen2_bias_tied')
+    served = checkpoints.load_hf(path)
+    expected = np.load(os.path.join(path, 'expected.npz'))
+    got = served.logits(expected['input_ids'])
+    assert np.max(np.abs(got - expected['logits'])) <= 1e-4
+    out = served.generate(['hello'], num_samples=2, max_new_tokens=5,
+                          temperatures=[0.0, 1.0], rng=jax.random.key(0))
+    assert len(out[0]) == 2
+
+
+def test_sample_cli(tmp_path):
+    prompt = tmp_path / 'prompt.txt'
+    prompt.write_text('def f(')
+    out = subprocess.run(
+        [sys.executable, '-m', 'lm.sample',
+         f'--checkpoint={os.path.join(FIXTURES, "llama_gqa_untied")}',
+         f'--prompt_file={prompt}', '--num_samples=2', '--max_new_tokens=4'],
+        capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count('===== sample') == 2
+    bad = subprocess.run([sys.executable, '-m', 'lm.sample', '--checkpoint=/nope',
+                          f'--prompt_file={prompt}'],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and 'not found' in bad.stderr
