@@ -2,28 +2,58 @@
 
 Runs inside a sandbox worker: it instantiates and calls generated code.
 
-The contract checks come first, all on abstract values (`jax.eval_shape`):
-the class must be a `flax.linen.Module`, construct without arguments, init on
-float32 [batch, features] and return [batch, num_classes] logits; then the
-parameter count is compared with the cap. Only then is anything compiled.
+The contract checks come first, all on abstract values (`jax.eval_shape`,
+`jax.make_jaxpr`): the class must be a `flax.linen.Module`, construct without
+arguments, init on float32 [batch, features] and return [batch, num_classes]
+logits; then the parameter count is compared with the cap. Only then is
+anything compiled.
 
 Training is data-parallel over the worker's devices: the dataset lives on the
 devices (replicated), each compiled call gathers its batches by index with the
-batch axis sharded over the mesh axis 'data', and runs `steps_per_call`
-optimizer steps; the state is donated. Step `s` uses the dropout key
+batch axis sharded over the mesh axis 'data', and runs several optimizer
+steps; the state is donated. Step `s` uses the dropout key
 `fold_in(key, s)` and the batch order is fixed by the seed, so the same program
 and seed give the same numbers.
+
+The shape of the training loop is chosen per model by a fixed rule (see
+`loop_plan`), measured on the 2-core CPU the project runs on:
+
+  * models with a convolution run `steps_per_call` steps per compiled call,
+    unrolled into straight-line code: inside an XLA:CPU while loop the
+    gradients of a convolution are not rewritten to the fast (Eigen) form and
+    ran 10-30x slower; unrolled, a few steps per call amortise dispatch.
+  * all other models (dense, recurrent) run the `eval_every` steps between two
+    validations as one `lax.scan`: one call per validation, and the compile
+    costs one step whatever the number of steps.
+
+The rule depends only on the program, never on timing, so a program's numbers
+do not depend on the machine's load.
+
+Compilation (see `_FAST_COMPILE`, `_TRAIN_COMPILE`): init and evaluation,
+which run once or rarely, compile with XLA's backend optimisations and fusion
+emitters off; the training chunk at optimisation level 1. The three programs
+are lowered one after the other (tracing needs the GIL), the chunk first, and
+compiled on threads (XLA compiles without the GIL), so the compiles overlap the
+lowering and each other, and the evaluation's compile overlaps the first
+training calls. `compile_s` is the wall-clock time the evaluation waited for
+tracing and compiling (before training, and at the first validation if its
+compile was not done); `train_s` is the rest of the loop (training,
+validation and test scoring).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
+import dataclasses
 import inspect
 import time
-from typing import Any
+from typing import Any, Collection, Iterator
 
 import flax
 import flax.linen as nn
 import jax
+import jax.extend as jex
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -33,9 +63,20 @@ from evoprompting.tasks import base
 
 Status = base.Status
 # For code that runs once or rarely (init, evaluation): XLA's backend
-# optimisations cost seconds of compile for milliseconds of run time. On CPU,
-# random-number initialisers compile ~4x faster this way.
-_FAST_COMPILE = {'xla_backend_optimization_level': 0}
+# optimisations and its MLIR fusion emitters cost more compile time than they
+# save. On the 2-core CPU: init compiles ~4x faster at level 0, and without the
+# fusion emitters init ~1.5x and evaluation 2-3x faster again (evaluation of
+# 1,500 examples then runs 2-40 ms instead of 1-13 ms). Never for the train
+# step: its steps ran ~1.4x slower at level 0, and the GRU's ~1.5x slower
+# without fusion emitters.
+_FAST_COMPILE = {'xla_backend_optimization_level': 0,
+                 'xla_cpu_use_fusion_emitters': False}
+# For the training chunk: level 1 compiled the seeds' chunks 15-30% faster than
+# the default (3) and their steps ran as fast (the heavy work is in library
+# calls: Eigen, XNNPACK).
+_TRAIN_COMPILE = {'xla_backend_optimization_level': 1}
+# Primitives after which a model trains by unrolled steps (see `loop_plan`).
+_UNROLL_PRIMITIVES = frozenset({'conv_general_dilated'})
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -48,12 +89,29 @@ class TrainState(flax.struct.PyTreeNode):
     opt_state: Any
 
 
+@dataclasses.dataclass(frozen=True)
+class BuiltModel:
+    """A candidate that passed the contract checks (all values abstract).
+
+    Attributes:
+      module: the instantiated flax module.
+      takes_train: whether `__call__` has a `train` keyword.
+      variables: abstract variables (ShapeDtypeStructs) from `module.init`.
+      primitives: names of the JAX primitives of the forward pass (with
+        `train=False`), nested jaxprs included; `loop_plan` reads them.
+    """
+
+    module: nn.Module
+    takes_train: bool
+    variables: Any
+    primitives: frozenset[str]
+
+
 def _build(model_cls: Any, sample_x: jax.ShapeDtypeStruct,
-           num_classes: int) -> tuple[nn.Module, bool, Any]:
+           num_classes: int) -> BuiltModel:
     """Instantiates the model and checks the contract on abstract values.
 
-    Returns the module, whether `__call__` takes `train`, and the abstract
-    variables. Raises ProgramFailure(build_error) naming what was expected.
+    Raises ProgramFailure(build_error) naming what was expected.
     """
     if model_cls is None:
         raise base.ProgramFailure(
@@ -77,8 +135,9 @@ def _build(model_cls: Any, sample_x: jax.ShapeDtypeStruct,
         variables = jax.eval_shape(
             lambda k, x: model.init(k, x, **train_kw), jax.eval_shape(jax.random.key, 0),
             sample_x)
-        out = jax.eval_shape(
-            lambda v, x: model.apply(v, x, **train_kw), variables, sample_x)
+        forward, out = jax.make_jaxpr(
+            lambda v, x: model.apply(v, x, **train_kw), return_shape=True)(
+                variables, sample_x)
     except Exception as e:  # pylint: disable=broad-except
         _reraise_oom(e)
         raise base.ProgramFailure(
@@ -98,7 +157,56 @@ def _build(model_cls: Any, sample_x: jax.ShapeDtypeStruct,
             Status.BUILD_ERROR, f'Model returns {out.dtype} logits, expected floats')
     if 'params' not in variables:
         raise base.ProgramFailure(Status.BUILD_ERROR, 'Model has no parameters')
-    return model, takes_train, variables
+    return BuiltModel(module=model, takes_train=takes_train,
+                      variables=variables,
+                      primitives=_primitive_names(forward.jaxpr))
+
+
+def _primitive_names(jaxpr: jex.core.Jaxpr) -> frozenset[str]:
+    """Names of the primitives in `jaxpr` and in the jaxprs nested in it."""
+    names = set()
+    stack = [jaxpr]
+    while stack:
+        for eqn in stack.pop().eqns:
+            names.add(eqn.primitive.name)
+            for value in eqn.params.values():
+                for v in value if isinstance(value, (tuple, list)) else (value,):
+                    if isinstance(v, jex.core.ClosedJaxpr):
+                        stack.append(v.jaxpr)
+                    elif isinstance(v, jex.core.Jaxpr):
+                        stack.append(v)
+    return frozenset(names)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopPlan:
+    """How the optimizer steps are grouped into compiled calls.
+
+    Attributes:
+      steps_per_call: optimizer steps in one compiled call; divides
+        `eval_every`.
+      unrolled: True: the steps are straight-line code (compile time grows
+        with `steps_per_call`). False: they are one `lax.scan` (an XLA while
+        loop; compile time of one step).
+    """
+
+    steps_per_call: int
+    unrolled: bool
+
+
+def loop_plan(primitives: Collection[str], config: Any) -> LoopPlan:
+    """The training-loop shape for a model whose forward pass uses `primitives`.
+
+    A fixed rule, from measurements on the 2-core CPU (MNIST-1D seeds, batch
+    128): a model with a convolution gets `config.steps_per_call` unrolled
+    steps per call (in a while loop its convolution gradients ran 10-30x
+    slower); any other model gets one rolled `lax.scan` over the
+    `config.eval_every` steps between validations (the MLP ran ~1.3x and the
+    GRU ~1.1x faster than with one step per call, and compiled as fast).
+    """
+    if _UNROLL_PRIMITIVES.intersection(primitives):
+        return LoopPlan(steps_per_call=config.steps_per_call, unrolled=True)
+    return LoopPlan(steps_per_call=config.eval_every, unrolled=False)
 
 
 def _first_line(e: Exception, limit: int = 300) -> str:
@@ -146,12 +254,14 @@ def train_and_evaluate(model_cls: Any, splits: Any, config: Any, *,
     num_features = splits.train_x.shape[1]
     sample_x = jax.ShapeDtypeStruct((config.batch_size, num_features),
                                     jnp.float32)
-    model, takes_train, abstract_vars = _build(model_cls, sample_x, num_classes)
-    num_params = count_params(abstract_vars)
+    built = _build(model_cls, sample_x, num_classes)
+    model, takes_train = built.module, built.takes_train
+    num_params = count_params(built.variables)
     if num_params > max_params:
         raise base.ProgramFailure(
             Status.TOO_LARGE,
             f'{num_params:,} parameters exceed the cap of {max_params:,}')
+    plan = loop_plan(built.primitives, config)
 
     tx = optax.adamw(config.learning_rate, weight_decay=config.weight_decay)
 
@@ -195,72 +305,116 @@ def train_and_evaluate(model_cls: Any, splits: Any, config: Any, *,
                              opt_state=opt_state), loss
 
     def train_chunk(state, data_x, data_y, idx):
-        """`steps_per_call` steps; idx is int32 [steps_per_call, batch]."""
-        losses = []
-        for i in range(idx.shape[0]):  # Unrolled: small graphs, no while loop.
-            rows = jax.lax.with_sharding_constraint(idx[i], by_batch)
-            state, loss = one_step(state, data_x[rows], data_y[rows])
-            losses.append(loss)
-        return state, jnp.stack(losses)
+        """`plan.steps_per_call` steps; idx is int32 [steps_per_call, batch]."""
+        def step(state, rows):
+            rows = jax.lax.with_sharding_constraint(rows, by_batch)
+            return one_step(state, data_x[rows], data_y[rows])
+        if idx.shape[0] == 1:  # A scan of length 1 is still a while loop.
+            state, loss = step(state, idx[0])
+            return state, loss[None]
+        # unroll=True: straight-line steps, traced once.
+        return jax.lax.scan(step, state, idx, unroll=plan.unrolled)
 
-    def accuracy(state, x, y):
-        logits, _ = apply(state.params, state.model_state, x, False, None)
-        return jnp.mean(jnp.argmax(logits, -1) == y)
+    num_val = len(splits.val_x)
 
-    def evaluate(state, val_x, val_y, test_x, test_y):
-        return accuracy(state, val_x, val_y), accuracy(state, test_x, test_y)
+    def evaluate(state, eval_x, eval_y):
+        """Validation and test accuracy; eval_x is val_x then test_x."""
+        logits, _ = apply(state.params, state.model_state, eval_x, False, None)
+        correct = jnp.argmax(logits, -1) == eval_y
+        return jnp.mean(correct[:num_val]), jnp.mean(correct[num_val:])
+
+    # The compiled programs see the state as a flat list of arrays: their HLO,
+    # and so the persistent compilation cache's key, then does not depend on
+    # the names a program gives its layers, and children of equal shapes share
+    # executables.
+    state_def = None  # TrainState's treedef, recorded when init is traced.
+
+    def init_leaves(seed):
+        nonlocal state_def
+        leaves, state_def = jax.tree.flatten(init(seed))
+        return leaves
+
+    def chunk_leaves(leaves, data_x, data_y, idx):
+        state, losses = train_chunk(jax.tree.unflatten(state_def, leaves),
+                                    data_x, data_y, idx)
+        return jax.tree.leaves(state), losses
+
+    def evaluate_leaves(leaves, eval_x, eval_y):
+        return evaluate(jax.tree.unflatten(state_def, leaves), eval_x, eval_y)
 
     to_device = lambda a: jax.device_put(a, replicated)
     train_x, train_y = to_device(splits.train_x), to_device(splits.train_y)
-    eval_arrays = [to_device(a) for a in (splits.val_x, splits.val_y,
-                                          splits.test_x, splits.test_y)]
+    # One forward pass over both splits: one trace and one compile.
+    eval_arrays = [to_device(np.concatenate([splits.val_x, splits.test_x])),
+                   to_device(np.concatenate([splits.val_y, splits.test_y]))]
     order = batch_order(len(splits.train_x), config.batch_size,
                         config.num_steps, seed)
-    order = order.reshape(-1, config.steps_per_call, config.batch_size)
+    order = order.reshape(-1, plan.steps_per_call, config.batch_size)
+    seed_arg = np.uint32(seed)
 
-    t0 = time.perf_counter()
+    # Lower the three programs here (tracing needs the GIL), the training
+    # chunk first as it compiles longest, and compile them on threads: XLA
+    # releases the GIL, so each compile overlaps the next lowering, and the
+    # evaluation's compile overlaps the first training calls.
+    compiler = concurrent.futures.ThreadPoolExecutor(3)
     try:
-        seed_arg = np.uint32(seed)
-        state = jax.jit(init, out_shardings=replicated).lower(
-            seed_arg).compile(_FAST_COMPILE)(seed_arg)
-        chunk_fn = jax.jit(
-            train_chunk, donate_argnums=0, out_shardings=replicated).lower(
-                state, train_x, train_y, order[0]).compile()
-        eval_fn = jax.jit(evaluate).lower(state, *eval_arrays).compile(
-            _FAST_COMPILE)
-    except base.ProgramFailure:
-        raise
-    except Exception as e:  # pylint: disable=broad-except
-        _reraise_oom(e)
-        raise base.ProgramFailure(
-            Status.BUILD_ERROR,
-            f'Model failed to compile for training: {type(e).__name__}: '
-            f'{_first_line(e)}') from None
-    compile_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        with _build_errors():
+            init_traced = jax.jit(init_leaves,
+                                  out_shardings=replicated).trace(seed_arg)
+            abstract_state = [
+                jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated)
+                for a in init_traced.out_info]
+            chunk_future = compiler.submit(
+                jax.jit(chunk_leaves, donate_argnums=0,
+                        out_shardings=replicated).lower(
+                            abstract_state, train_x, train_y, order[0]).compile,
+                _TRAIN_COMPILE)
+            init_future = compiler.submit(init_traced.lower().compile,
+                                          _FAST_COMPILE)
+            eval_future = compiler.submit(
+                jax.jit(evaluate_leaves).lower(abstract_state,
+                                               *eval_arrays).compile,
+                _FAST_COMPILE)
+            state = init_future.result()(seed_arg)
+            chunk_fn = chunk_future.result()
+        compile_s = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    best = (-1.0, 0.0, 0)  # (val_accuracy, test_accuracy, step)
-    chunks_per_eval = config.eval_every // config.steps_per_call
-    pending_losses = []
-    last_loss = float('nan')
-    for c, idx in enumerate(order):
-        state, losses = chunk_fn(state, train_x, train_y, idx)
-        pending_losses.append(losses)
-        if c == 0 or (c + 1) % chunks_per_eval == 0:
-            host_losses = np.concatenate([np.asarray(l) for l in pending_losses])
-            pending_losses = []
-            bad = np.flatnonzero(~np.isfinite(host_losses))
-            if bad.size:
-                raise base.ProgramFailure(
-                    Status.NAN, f'training loss is {host_losses[bad[0]]} '
-                    f'(non-finite) by step {(c + 1) * config.steps_per_call}')
-            last_loss = float(host_losses[-1])
-        if (c + 1) % chunks_per_eval == 0:
-            val_acc, test_acc = (float(a) for a in eval_fn(state, *eval_arrays))
-            step = (c + 1) * config.steps_per_call
-            if val_acc > best[0]:
-                best = (val_acc, test_acc, step)
-    train_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        eval_fn = None
+        best = (-1.0, 0.0, 0)  # (val_accuracy, test_accuracy, step)
+        chunks_per_eval = config.eval_every // plan.steps_per_call
+        pending_losses = []
+        last_loss = float('nan')
+        for c, idx in enumerate(order):
+            state, losses = chunk_fn(state, train_x, train_y, idx)
+            pending_losses.append(losses)
+            step = (c + 1) * plan.steps_per_call
+            if c == 0 or (c + 1) % chunks_per_eval == 0:
+                host_losses = np.concatenate(
+                    [np.asarray(l) for l in pending_losses])
+                pending_losses = []
+                bad = np.flatnonzero(~np.isfinite(host_losses))
+                if bad.size:
+                    raise base.ProgramFailure(
+                        Status.NAN, f'training loss is {host_losses[bad[0]]} '
+                        f'(non-finite) by step {step}')
+                last_loss = float(host_losses[-1])
+            if (c + 1) % chunks_per_eval == 0:
+                if eval_fn is None:  # A wait for its compile counts as compiling.
+                    t_wait = time.perf_counter()
+                    with _build_errors():
+                        eval_fn = eval_future.result()
+                    waited = time.perf_counter() - t_wait
+                    compile_s += waited
+                    t0 += waited
+                val_acc, test_acc = (
+                    float(a) for a in eval_fn(state, *eval_arrays))
+                if val_acc > best[0]:
+                    best = (val_acc, test_acc, step)
+        train_s = time.perf_counter() - t0
+    finally:
+        compiler.shutdown(wait=True)  # Never leave a compile running.
 
     val_acc, test_acc, best_step = best
     return base.EvalResult(
@@ -271,6 +425,21 @@ def train_and_evaluate(model_cls: Any, splits: Any, config: Any, *,
         metrics={'val_accuracy': val_acc, 'test_accuracy': test_acc,
                  'best_step': best_step, 'final_train_loss': last_loss},
         compile_s=compile_s, train_s=train_s)
+
+
+@contextlib.contextmanager
+def _build_errors() -> Iterator[None]:
+    """Turns errors of tracing and compiling the model into build errors."""
+    try:
+        yield
+    except base.ProgramFailure:
+        raise
+    except Exception as e:  # pylint: disable=broad-except
+        _reraise_oom(e)
+        raise base.ProgramFailure(
+            Status.BUILD_ERROR,
+            f'Model failed to compile for training: {type(e).__name__}: '
+            f'{_first_line(e)}') from None
 
 
 def _reraise_oom(e: Exception) -> None:
