@@ -152,12 +152,6 @@ def _guarded_import(allowed: frozenset[str]):
     return guarded
 
 
-def _is_oom(e: BaseException) -> bool:
-    text = str(e)
-    return (isinstance(e, MemoryError) or 'RESOURCE_EXHAUSTED' in text
-            or 'Out of memory' in text or 'bad_alloc' in text)
-
-
 def _first_line(e: BaseException, limit: int = 300) -> str:
     lines = str(e).strip().splitlines()
     return f'{type(e).__name__}: {lines[0][:limit] if lines else ""}'
@@ -211,7 +205,7 @@ class Worker:
             result = base.EvalResult(Status.BUILD_ERROR,
                                      f'recursion too deep: {_first_line(e)}', sha)
         except BaseException as e:  # pylint: disable=broad-except
-            if _is_oom(e):
+            if base.is_out_of_memory(e):
                 result = base.EvalResult(
                     Status.OOM, f'out of memory: {_first_line(e)}', sha)
                 restart = True
@@ -254,7 +248,7 @@ class Worker:
         try:
             exec(code, namespace)  # pylint: disable=exec-used
         except Exception as e:  # pylint: disable=broad-except
-            if _is_oom(e) or isinstance(e, RecursionError):
+            if base.is_out_of_memory(e) or isinstance(e, RecursionError):
                 raise
             raise base.ProgramFailure(
                 Status.BUILD_ERROR,

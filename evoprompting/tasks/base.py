@@ -169,3 +169,11 @@ class ProgramFailure(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+_OOM_MARKERS = ('RESOURCE_EXHAUSTED', 'Out of memory', 'bad_alloc')
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """Whether `e` reports exhausted memory (Python's or XLA's allocator)."""
+    return isinstance(e, MemoryError) or any(m in str(e) for m in _OOM_MARKERS)

@@ -444,5 +444,5 @@ def _build_errors() -> Iterator[None]:
 
 def _reraise_oom(e: Exception) -> None:
     """Out-of-memory errors are not build errors: let the worker name them."""
-    if isinstance(e, MemoryError) or 'RESOURCE_EXHAUSTED' in str(e):
+    if base.is_out_of_memory(e):
         raise e
