@@ -100,11 +100,8 @@ class LanguageModel:
             raise ValueError(f'{num_samples} samples need {num_samples} '
                              f'temperatures, got {len(temperatures)}')
         rows = [(p, t) for p in prompts for t in temperatures]
-        config = sampler.SamplingConfig(
-            max_new_tokens=max_new_tokens, eos_id=self.vocab.eos_id,
-            pad_id=self.vocab.pad_id, top_k=self.top_k, top_p=self.top_p)
-        prefix = 0 if soft_prompt is None else soft_prompt.shape[-2]
-        room = sampler.max_prompt_length(self.config, config, prefix)
+        config = self._sampling_config(max_new_tokens)
+        room = self.prompt_room(max_new_tokens, soft_prompt)
         encoded = {p: self.vocab.encode(p) for p in prompts}
         texts = []
         for j, start in enumerate(range(0, len(rows), self.batch_size)):
@@ -124,6 +121,18 @@ class LanguageModel:
                 texts.append(sampler.truncate_at_stop_strings(text, self.stop_strings))
         return [texts[i * num_samples:(i + 1) * num_samples]
                 for i in range(len(prompts))]
+
+    def prompt_room(self, max_new_tokens: int,
+                    soft_prompt: jax.Array | None = None) -> int:
+        """Most prompt tokens `generate` accepts with these settings."""
+        prefix = 0 if soft_prompt is None else soft_prompt.shape[-2]
+        return sampler.max_prompt_length(
+            self.config, self._sampling_config(max_new_tokens), prefix)
+
+    def _sampling_config(self, max_new_tokens: int) -> sampler.SamplingConfig:
+        return sampler.SamplingConfig(
+            max_new_tokens=max_new_tokens, eos_id=self.vocab.eos_id,
+            pad_id=self.vocab.pad_id, top_k=self.top_k, top_p=self.top_p)
 
     def logits(self, token_ids: np.ndarray) -> np.ndarray:
         """float32 `[B, T, vocab]` logits of `[B, T]` token ids."""
