@@ -14,7 +14,7 @@ setuptools.setup(
         include=['evoprompting', 'evoprompting.*', 'lm', 'lm.*',
                  'clrs_tasks', 'clrs_tasks.*', 'seeds', 'seeds.*']),
     # Seed programs are data read with importlib.resources.
-    package_data={'seeds': ['*/*.py']},
+    package_data={'seeds': ['*/*.py', '*/*/*.py']},
     include_package_data=True,
     install_requires=[
         # Plain CPU JAX from the package index; no TensorFlow, no torch.
@@ -31,9 +31,11 @@ setuptools.setup(
     ],
     extras_require={
         'test': ['pytest>=8', 'pytest-timeout>=2.3'],
-        # CLRS-30: jraph here; dm-clrs itself requires TensorFlow in its
-        # metadata, so the CLRS task installs its samplers without their
-        # dependencies (see clrs_tasks/).
-        'clrs': ['jraph>=0.0.6.dev0'],
+        # CLRS-30: jraph and the light dependencies of dm-clrs' samplers.
+        # dm-clrs itself requires TensorFlow in its metadata, so it is
+        # installed in a second step, without dependencies:
+        #   pip install --no-deps dm-clrs==2.0.3
+        # (see clrs_tasks/_clrs_import.py).
+        'clrs': ['jraph>=0.0.6.dev0', 'chex>=0.1.86', 'attrs>=24.2'],
     },
 )
