@@ -28,6 +28,8 @@ setuptools.setup(
         'mnist1d>=0.0.2',
         'tokenizers>=0.20',
         'safetensors>=0.4',  # Hugging Face checkpoints (lm/hf_import.py).
+        'tensorboardX>=2.6',  # TensorBoard summaries without TensorFlow.
+        'matplotlib>=3.8',  # Report and TensorBoard figures (Agg backend).
     ],
     extras_require={
         'test': ['pytest>=8', 'pytest-timeout>=2.3'],

@@ -124,10 +124,45 @@ class CandidateStore:
         self.close()
 
 
+def read_candidates(workdir: str) -> list[Candidate]:
+    """Reads the log of `workdir` without changing it (for reports and viewers).
+
+    A truncated last line (a write in progress, or one cut short) is skipped
+    with a warning and left in place; `CandidateStore.open` repairs it.
+
+    Raises:
+      FileNotFoundError: `workdir` has no candidate log.
+      StoreCorrupted: a complete line cannot be read.
+    """
+    path = os.path.join(workdir, CANDIDATES_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'{workdir} holds no candidate log ({CANDIDATES_FILE})')
+    with open(path, 'rb') as f:
+        data = f.read()
+    candidates, tail = _parse(path, data)
+    if tail:
+        logging.warning('%s: ignoring a truncated last record (%d bytes)',
+                        path, len(tail))
+    return candidates
+
+
 def _read_repairing(path: str) -> list[Candidate]:
     """Reads every complete line; cuts off a last line without its newline."""
     with open(path, 'rb') as f:
         data = f.read()
+    candidates, tail = _parse(path, data)
+    if tail:
+        logging.warning('%s: removing a truncated last record (%d bytes) left '
+                        'by an interrupted write', path, len(tail))
+        with open(path, 'r+b') as f:
+            f.truncate(len(data) - len(tail))
+            f.flush()
+            os.fsync(f.fileno())
+    return candidates
+
+
+def _parse(path: str, data: bytes) -> tuple[list[Candidate], bytes]:
+    """The candidates of the complete lines of `data`, and the incomplete tail."""
     *complete, tail = data.split(b'\n')  # Complete lines end with a newline.
     candidates = []
     for number, line in enumerate(complete, start=1):
@@ -137,14 +172,7 @@ def _read_repairing(path: str) -> list[Candidate]:
             raise StoreCorrupted(f'{path} line {number} is unreadable: {e}') from None
         if candidates[-1].id != number - 1:
             raise StoreCorrupted(f'{path} line {number} has id {candidates[-1].id}')
-    if tail:
-        logging.warning('%s: removing a truncated last record (%d bytes) left '
-                        'by an interrupted write', path, len(tail))
-        with open(path, 'r+b') as f:
-            f.truncate(len(data) - len(tail))
-            f.flush()
-            os.fsync(f.fileno())
-    return candidates
+    return candidates, tail
 
 
 def write_state(workdir: str, state: Mapping[str, Any]) -> None:

@@ -1,0 +1,211 @@
+"""The search's plots, shared by TensorBoard (`summaries`) and the report.
+
+Every function takes plain records (no store, no workdir) and returns a
+matplotlib `Figure` drawn with the non-interactive Agg canvas; the caller
+saves it (`save_png`) or turns it into pixels (`to_rgb`) and then closes it
+(`plt.close(fig)`, done by both helpers here).
+
+Axes conventions follow the paper's figures: test error against parameter
+count with a logarithmic size axis (Figure 2a), maximum fitness against the
+number of children generated (Figure 2b), and each round's mean size and
+mean test error joined in round order (Figure 4).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use('Agg')
+from matplotlib import figure as mpl_figure  # pylint: disable=g-import-not-at-top
+from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+import numpy as np  # pylint: disable=g-import-not-at-top
+
+from evoprompting import selection  # pylint: disable=g-import-not-at-top
+
+Figure = mpl_figure.Figure
+
+_COLORS = plt.get_cmap('tab10').colors
+
+
+def color(index: int) -> tuple[float, float, float]:
+    """The colour of the `index`-th method, the same in every figure."""
+    return _COLORS[index % len(_COLORS)]
+
+
+@dataclasses.dataclass(frozen=True)
+class PointGroup:
+    """Models of one method (or the seeds) in the error-size plane.
+
+    Attributes:
+      label: legend entry.
+      params: parameter counts.
+      errors: test errors, same length as `params`.
+      rounds: when given, points are coloured by round (with a colour bar)
+        instead of by `color`.
+      color: the group's colour (ignored when `rounds` is given).
+      marker: matplotlib marker.
+      front: draw the group's Pareto front as a staircase.
+    """
+
+    label: str
+    params: Sequence[float]
+    errors: Sequence[float]
+    rounds: Sequence[int] | None = None
+    color: tuple[float, float, float] | str = 'tab:blue'
+    marker: str = 'o'
+    front: bool = True
+
+    def __post_init__(self):
+        if len(self.params) != len(self.errors):
+            raise ValueError(f'{self.label}: {len(self.params)} sizes but '
+                             f'{len(self.errors)} errors')
+        if self.rounds is not None and len(self.rounds) != len(self.params):
+            raise ValueError(f'{self.label}: rounds do not match the points')
+
+
+@dataclasses.dataclass(frozen=True)
+class Curve:
+    """A mean with a spread band against x (fitness curves, hypervolume)."""
+
+    label: str
+    x: Sequence[float]
+    mean: Sequence[float]
+    low: Sequence[float]
+    high: Sequence[float]
+    color: tuple[float, float, float] | str = 'tab:blue'
+
+
+@dataclasses.dataclass(frozen=True)
+class Trajectory:
+    """Each round's mean size and mean test error, in round order."""
+
+    label: str
+    rounds: Sequence[int]
+    mean_params: Sequence[float]
+    mean_errors: Sequence[float]
+    color: tuple[float, float, float] | str = 'tab:blue'
+
+
+def _new_figure(size: tuple[float, float] = (7.0, 5.0)) -> tuple[Figure, object]:
+    fig = plt.figure(figsize=size, layout='constrained')
+    return fig, fig.add_subplot(1, 1, 1)
+
+
+def error_vs_size(groups: Sequence[PointGroup], *, title: str) -> Figure:
+    """Test error against parameters (log x), one marker set per group."""
+    fig, ax = _new_figure()
+    for group in groups:
+        if not len(group.params):
+            continue
+        if group.rounds is not None:
+            sc = ax.scatter(group.params, group.errors, c=group.rounds,
+                            cmap='viridis', marker=group.marker, s=28,
+                            alpha=0.85, label=group.label, zorder=3)
+            fig.colorbar(sc, ax=ax, label='round')
+            line_color = 'tab:red'
+        else:
+            star = group.marker == '*'
+            ax.scatter(group.params, group.errors, color=group.color,
+                       marker=group.marker, s=110 if star else 28, alpha=0.85,
+                       label=group.label, zorder=4 if star else 3)
+            line_color = group.color
+        if group.front:
+            points = list(zip(group.errors, group.params))
+            front = [points[i] for i in selection.pareto_front(points)]
+            errors = [e for e, _ in front]
+            params = [p for _, p in front]
+            ax.step(params, errors, where='post', color=line_color,
+                    linewidth=1.2, alpha=0.8, zorder=2)
+    ax.set_xscale('log')
+    ax.set_xlabel('parameters (log scale)')
+    ax.set_ylabel('test error')
+    ax.set_title(title)
+    ax.grid(True, which='both', alpha=0.3)
+    if any(len(g.params) for g in groups):
+        ax.legend(loc='best', fontsize='small')
+    return fig
+
+
+def curves(series: Sequence[Curve], *, title: str, xlabel: str, ylabel: str,
+           yscale: str = 'linear',
+           reference: tuple[str, float] | None = None) -> Figure:
+    """Mean lines with shaded [low, high] bands; an optional labelled
+    horizontal reference line (e.g. the best seed's fitness)."""
+    fig, ax = _new_figure()
+    for s in series:
+        ax.plot(s.x, s.mean, color=s.color, label=s.label, linewidth=1.6)
+        ax.fill_between(s.x, s.low, s.high, color=s.color, alpha=0.2,
+                        linewidth=0)
+    if reference is not None:
+        ax.axhline(reference[1], color='black', linestyle='--', linewidth=1,
+                   label=reference[0])
+    ax.set_yscale(yscale)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, which='both', alpha=0.3)
+    if series or reference is not None:
+        ax.legend(loc='best', fontsize='small')
+    return fig
+
+
+def round_trajectories(trajectories: Sequence[Trajectory], *,
+                       title: str) -> Figure:
+    """Figure 4: each round's (mean params, mean test error), joined in
+    round order and labelled with the round number."""
+    fig, ax = _new_figure()
+    for t in trajectories:
+        ax.plot(t.mean_params, t.mean_errors, color=t.color, marker='o',
+                markersize=5, linewidth=1.2, label=t.label)
+        for r, x, y in zip(t.rounds, t.mean_params, t.mean_errors):
+            ax.annotate('seeds' if r < 0 else str(r), (x, y),
+                        textcoords='offset points', xytext=(4, 4),
+                        fontsize=8, color=t.color)
+    ax.set_xscale('log')
+    ax.set_xlabel('mean parameters of the round (log scale)')
+    ax.set_ylabel('mean test error of the round')
+    ax.set_title(title)
+    ax.grid(True, which='both', alpha=0.3)
+    if trajectories:
+        ax.legend(loc='best', fontsize='small')
+    return fig
+
+
+def stacked_bars(labels: Sequence[str], fractions: Sequence[Sequence[float]],
+                 keys: Sequence[str], *, title: str) -> Figure:
+    """One horizontal bar per label, split by `keys` (fractions sum to 1)."""
+    fig, ax = _new_figure((9.0, max(2.5, 0.5 * len(labels) + 1.5)))
+    values = np.asarray(fractions, dtype=float).reshape(len(labels), len(keys))
+    left = np.zeros(len(labels))
+    cmap = plt.get_cmap('tab20')
+    for j, key in enumerate(keys):
+        if not values[:, j].any():
+            continue
+        ax.barh(range(len(labels)), values[:, j], left=left, label=key,
+                color=cmap(j % cmap.N))
+        left += values[:, j]
+    ax.set_yticks(range(len(labels)), labels, fontsize='small')
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel('fraction of sampled children')
+    ax.set_title(title)
+    fig.legend(loc='outside right center', fontsize='small')
+    return fig
+
+
+def save_png(fig: Figure, path: str, *, dpi: int = 120) -> None:
+    """Writes `fig` as a PNG file and closes it."""
+    fig.savefig(path, format='png', dpi=dpi)
+    plt.close(fig)
+
+
+def to_rgb(fig: Figure, *, dpi: int = 100) -> np.ndarray:
+    """The figure's pixels as a [height, width, 3] uint8 array; closes it."""
+    fig.set_dpi(dpi)
+    fig.canvas.draw()
+    pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+    return pixels

@@ -1,0 +1,172 @@
+"""The report binary on small real stores: sections, figures, clear errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from evoprompting import report, store
+from evoprompting.tasks import base
+
+PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
+FAILURES = ('syntax_error', 'build_error', 'too_large', 'nan', 'timeout', 'crash')
+
+
+def write_search(workdir, *, method, seed, rounds=3, children=16, gain=1.0):
+    """A search log shaped like a real one: 4 seeds, then rounds whose ok
+    children drift smaller and more accurate by `gain` per round, a mix of
+    failures and duplicates, parents drawn from the best so far."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(workdir)
+    with open(os.path.join(workdir, report.SEARCH_CONFIG_FILE), 'w') as f:
+        json.dump({'method': method, 'task': 'mnist1d', 'alpha': 0.5,
+                   'hypervolume_reference': [1.0, 7.0], 'num_rounds': rounds}, f)
+    seeds = [(5210, 0.88), (60_000, 0.80), (41_000, 0.70), (100_000, 0.60)]
+    with store.CandidateStore.open(workdir) as s:
+        def add(rnd, res, source, **kwargs):
+            s.append(store.Candidate(id=len(s), round=rnd, source=source,
+                                     result=res, **kwargs))
+
+        for i, (params, acc) in enumerate(seeds):
+            add(-1, base.EvalResult(base.Status.OK, 'ok', f'seed{i}', params=params,
+                                    metrics={'val_accuracy': acc, 'test_accuracy': acc - 0.01,
+                                             'best_step': 4000}),
+                f'class Model:  # seed {i}\n    pass\n')
+        for r in range(rounds):
+            ok = [c for c in s if c.result.ok and c.duplicate_of is None]
+            ok.sort(key=lambda c: c.result.params * (1 - c.result.metrics['val_accuracy']))
+            for j in range(children):
+                parents = tuple(int(p) for p in rng.choice([c.id for c in ok[:4]], 2))
+                extra = dict(parents=parents, prompt_id=j // 4,
+                             temperature=float(rng.choice([0.2, 0.6, 0.8, 1.0])))
+                u = rng.random()
+                if u < 0.1 and ok:
+                    add(r, ok[0].result, ok[0].source, duplicate_of=ok[0].id, **extra)
+                elif u < 0.35:
+                    status = FAILURES[int(rng.integers(len(FAILURES)))]
+                    add(r, base.EvalResult(base.Status(status), 'failed', f'{r}-{j}'),
+                        f'# failed {r}-{j}\n', **extra)
+                else:
+                    params = int(5210 * 10 ** (rng.normal(0, 0.5) - 0.25 * gain * r))
+                    acc = float(np.clip(0.86 + 0.06 * np.log10(params / 5210)
+                                        + 0.02 * gain * r + rng.normal(0, 0.04),
+                                        0.1, 0.995))
+                    add(r, base.EvalResult(base.Status.OK, 'ok', f'{r}-{j}', params=params,
+                                           metrics={'val_accuracy': acc,
+                                                    'test_accuracy': acc - 0.01,
+                                                    'best_step': 3000}),
+                        f'class Model:  # round {r} child {j}\n    width = {params}\n',
+                        **extra)
+
+
+def run_report(*args):
+    return subprocess.run([sys.executable, '-m', 'evoprompting.report', *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_report_of_several_methods(tmp_path):
+    runs = [('evoprompting', 0, 1.0), ('evoprompting', 1, 1.0),
+            ('random_search', 2, 0.0)]
+    workdirs = []
+    for method, seed, gain in runs:
+        workdirs.append(str(tmp_path / f'{method}-{seed}'))
+        write_search(workdirs[-1], method=method, seed=seed, gain=gain)
+    out = tmp_path / 'out'
+    # Both spellings: repeated --workdir and positional workdirs.
+    proc = run_report(f'--workdir={workdirs[0]}', f'--out={out}', *workdirs[1:])
+    assert proc.returncode == 0, proc.stderr
+    text = (out / report.REPORT_FILE).read_text()
+    for section in ('## Runs', '## Summary per method', '## Figure 2a',
+                    '## Figure 2b', '## Figure 4', '## Hypervolume per round',
+                    '## Status breakdown', '## Rounds of each run',
+                    '## Best programs'):
+        assert section in text
+    for name in report.FIGURES.values():
+        data = (out / name).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 10_000, name
+        assert f']({name})' in text
+    assert '| evoprompting | 2 | 48, 48 |' in text
+    assert '| random_search | 1 | 48 |' in text
+    assert 'Lineage: parents #' in text and 'Ancestry' in text
+    assert '```python\nclass Model:' in text
+    # Every run's candidates are in its rounds table; the log is unchanged.
+    assert text.count('| seeds | 4 | 4 | 0 | 4 |') == 3
+    assert '| 2 | 16 |' in text
+    for workdir in workdirs:
+        assert len(store.read_candidates(workdir)) == 4 + 3 * 16
+
+
+def test_bootstrap_curves_pool_runs_of_a_method(tmp_path):
+    runs = []
+    for seed in (0, 1):
+        write_search(str(tmp_path / f'r{seed}'), method='evoprompting', seed=seed)
+        runs.append(report.load_run(str(tmp_path / f'r{seed}')))
+    curves = report.bootstrap_curves({'evoprompting': runs},
+                                     rng=np.random.default_rng(0),
+                                     num_samples=100, sample_size=20)
+    (curve,) = curves
+    assert curve.label == 'evoprompting (2 runs)'
+    assert curve.x[-1] == 48
+    # The best of everything can only be reached, never exceeded, and the
+    # running maximum of a growing pool does not fall by much on average.
+    best = max(f for run in runs for c in run.children
+               if (f := report.summaries.candidate_fitness(c, alpha=0.5)) is not None)
+    assert np.all(curve.high <= best + 1e-9)
+    assert curve.mean[-1] > curve.mean[0]
+    assert np.all(curve.low <= curve.mean) and np.all(curve.mean <= curve.high)
+
+
+@pytest.mark.parametrize('setup, words', [
+    ('missing', 'does not exist'),
+    ('no_config', 'has no search_config.json'),
+    ('bad_config', 'unreadable search config'),
+    ('no_log', 'holds no candidate log'),
+    ('empty_log', 'empty candidate log'),
+])
+def test_bad_workdirs_fail_clearly(tmp_path, setup, words):
+    workdir = tmp_path / 'run'
+    if setup != 'missing':
+        workdir.mkdir()
+    if setup in ('bad_config', 'no_log', 'empty_log'):
+        config = {'method': 'evoprompting'} if setup == 'bad_config' else {
+            'method': 'evoprompting', 'task': 'mnist1d', 'alpha': 0.5,
+            'hypervolume_reference': [1.0, 7.0], 'num_rounds': 2}
+        (workdir / report.SEARCH_CONFIG_FILE).write_text(json.dumps(config))
+    if setup == 'empty_log':
+        (workdir / store.CANDIDATES_FILE).write_text('')
+    with pytest.raises(report.ReportError, match=words):
+        report.load_run(str(workdir))
+
+
+def test_binary_usage_errors(tmp_path):
+    proc = run_report(f'--out={tmp_path / "out"}')
+    assert proc.returncode != 0 and 'at least one workdir' in proc.stderr
+    proc = run_report(f'--out={tmp_path / "out"}', str(tmp_path / 'nope'))
+    assert proc.returncode != 0 and 'does not exist' in proc.stderr
+    write_search(str(tmp_path / 'a'), method='evoprompting', seed=0, rounds=1)
+    write_search(str(tmp_path / 'b'), method='evoprompting', seed=1, rounds=1)
+    config = tmp_path / 'b' / report.SEARCH_CONFIG_FILE
+    config.write_text(config.read_text().replace('mnist1d', 'clrs'))
+    proc = run_report(f'--out={tmp_path / "out"}', str(tmp_path / 'a'),
+                      str(tmp_path / 'b'))
+    assert proc.returncode != 0 and 'different tasks' in proc.stderr
+
+
+def test_report_of_a_run_that_has_scored_no_child(tmp_path):
+    workdir = str(tmp_path / 'run')
+    write_search(workdir, method='evoprompting', seed=0, rounds=0)
+    with store.CandidateStore.open(workdir) as s:  # One round, all failures.
+        for i in range(3):
+            s.append(store.Candidate(
+                id=len(s), round=0, source='class Model(\n', parents=(0, 1),
+                result=base.EvalResult(base.Status.SYNTAX_ERROR, 'bad', 'x')))
+    path = report.write_report([report.load_run(workdir)], str(tmp_path / 'out'),
+                               rng=np.random.default_rng(0))
+    text = open(path).read()
+    assert 'No child was scored.' in text
+    assert '| run | evoprompting | 3 | 3 (100%) |' in text
+    for name in report.FIGURES.values():
+        assert (tmp_path / 'out' / name).read_bytes().startswith(PNG_MAGIC)
