@@ -135,7 +135,8 @@ def read_events(logdir):
 def test_tensorboard_writer_writes_readable_events(tmp_path):
     candidates = make_candidates()
     stats = summaries.all_round_stats(candidates, alpha=ALPHA, reference=REFERENCE)
-    with summaries.TensorBoardWriter(str(tmp_path), alpha=ALPHA, num_best=2) as w:
+    with summaries.TensorBoardWriter(str(tmp_path), alpha=ALPHA, num_best=2,
+                                     purge_step=-1) as w:
         for s in stats:
             w.write_round(s, candidates=candidates, extra_scalars={
                 'speed/evaluations_per_min': 10.0 + s.round,
@@ -144,7 +145,11 @@ def test_tensorboard_writer_writes_readable_events(tmp_path):
             w.write_round(stats[0], candidates=candidates,
                           extra_scalars={'search/best_fitness': 1.0})
     scalars, images, texts = {}, {}, {}
-    for event in read_events(str(tmp_path / 'tensorboard')):
+    events = read_events(str(tmp_path / 'tensorboard'))
+    # A resumed run makes TensorBoard drop the interrupted run's later events.
+    assert any(e.HasField('session_log') and e.step == -1
+               and e.session_log.status == e.session_log.START for e in events)
+    for event in events:
         for v in event.summary.value:
             if v.HasField('simple_value'):
                 scalars[(v.tag, event.step)] = v.simple_value
