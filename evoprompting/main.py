@@ -7,9 +7,14 @@ Usage (from the repository root):
 
 Gin files are layered in the order given, then bindings. The operative
 configuration is written to DIR/config.gin and versions, devices and the git
-revision to DIR/run_metadata.json before any work starts. Until the search loop
-lands, the configured job evaluates the task's seed programs in the sandbox and
-prints a table (see `evoprompting.evaluation.evaluate_seeds`).
+revision to DIR/run_metadata.json before any work starts; then the configured
+search runs (`evoprompting.search.run`, bound by the gin files).
+
+Run the same command again on the same DIR to resume an interrupted search
+(killed, crashed or stopped with Ctrl-C): nothing evaluated is lost or
+evaluated again. A DIR that holds a search of another configuration is
+refused unless --allow_config_change is given (the previous configuration is
+then kept as DIR/config.previous.gin).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import sys
 from absl import app, flags, logging
 import gin
 
-from evoprompting import evaluation, gin_utils
+from evoprompting import gin_utils, search
 
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_string(
@@ -37,6 +42,9 @@ flags.DEFINE_multi_string(
     "e.g. --gin_bindings='mnist1d.TrainConfig.num_steps=500'.")
 flags.DEFINE_string('workdir', None, 'Output folder of the run (created if '
                     'missing): config.gin, run_metadata.json, results.')
+flags.DEFINE_bool('allow_config_change', False, 'Resume a workdir even though '
+                  'the gin configuration differs from the one it was started '
+                  'with (e.g. to add rounds).')
 flags.mark_flags_as_required(['gin_file', 'workdir'])
 
 _PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'gin-config',
@@ -72,11 +80,33 @@ def run_metadata() -> dict:
     }
 
 
-def write_run_record(workdir: str) -> None:
-    """Writes config.gin (operative config) and run_metadata.json."""
+class ConfigChanged(Exception):
+    """The workdir holds a run of another gin configuration."""
+
+
+def write_run_record(workdir: str, *, allow_config_change: bool) -> None:
+    """Writes config.gin (the parsed configuration) and run_metadata.json.
+
+    Raises:
+      ConfigChanged: `workdir` has a config.gin that differs from the current
+        configuration and not `allow_config_change`.
+    """
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, 'config.gin'), 'w', encoding='utf-8') as f:
-        f.write(gin.config_str())
+    path = os.path.join(workdir, 'config.gin')
+    config = gin.config_str()
+    if os.path.exists(path):
+        with open(path, encoding='utf-8') as f:
+            previous = f.read()
+        if previous != config:
+            if not allow_config_change:
+                changed = sorted(set(config.splitlines()) ^ set(previous.splitlines()))
+                raise ConfigChanged(
+                    f'{workdir} holds a run of another configuration '
+                    f'(differing lines: {changed[:6]}). Use another --workdir, '
+                    'or pass --allow_config_change to resume it with this one.')
+            os.replace(path, os.path.join(workdir, 'config.previous.gin'))
+    with open(path, 'w', encoding='utf-8') as f:
+        f.write(config)
     with open(os.path.join(workdir, 'run_metadata.json'), 'w',
               encoding='utf-8') as f:
         json.dump(run_metadata(), f, indent=2)
@@ -87,11 +117,16 @@ def main(argv):
         raise app.UsageError(f'unexpected arguments: {argv[1:]}')
     try:
         gin_utils.parse(FLAGS.gin_file, FLAGS.gin_bindings)
-        write_run_record(FLAGS.workdir)
+        write_run_record(FLAGS.workdir,
+                         allow_config_change=FLAGS.allow_config_change)
         logging.info('Config written to %s', FLAGS.workdir)
-        gin_utils.call(evaluation.evaluate_seeds, workdir=FLAGS.workdir)
-    except gin_utils.GinConfigError as e:
+        gin_utils.call(search.run, workdir=FLAGS.workdir,
+                       allow_config_change=FLAGS.allow_config_change)
+    except (gin_utils.GinConfigError, ConfigChanged, search.SearchError) as e:
         sys.exit(f'error: {e}')
+    except KeyboardInterrupt:
+        sys.exit(f'Interrupted. Everything evaluated is saved in '
+                 f'{FLAGS.workdir}; run the same command to resume.')
 
 
 if __name__ == '__main__':

@@ -74,7 +74,11 @@ class Run:
 
     @property
     def children(self) -> list[store.Candidate]:
-        return [c for c in self.candidates if c.round >= 0]
+        """The sampled children in generation order: by (round, proposal),
+        not by id (ids follow evaluation completion)."""
+        return sorted((c for c in self.candidates if c.round >= 0),
+                      key=lambda c: (c.round, c.id if c.proposal is None
+                                     else c.proposal, c.id))
 
 
 def load_run(workdir: str) -> Run:

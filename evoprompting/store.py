@@ -47,6 +47,10 @@ class Candidate:
       result: its evaluation.
       duplicate_of: id of an earlier candidate with the same normalised
         source; such a candidate is recorded but not trained again.
+      proposal: position among the programs proposed in its round (for
+        seeds: among the seeds). Candidates are appended as evaluations
+        finish, so ids follow completion order; (round, proposal) is the
+        order the search itself uses, the same in every run.
     """
 
     id: int
@@ -57,6 +61,7 @@ class Candidate:
     prompt_id: int | None = None
     temperature: float | None = None
     duplicate_of: int | None = None
+    proposal: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

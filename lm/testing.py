@@ -17,7 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from lm import model as model_lib
-from lm import partitioning
+from lm import partitioning, serving
+from lm import vocab as vocab_lib
 
 
 # XLA options for jits that tests compile many times and run a few times. On
@@ -89,3 +90,26 @@ def random_params(config: model_lib.TransformerConfig, seed: int, *,
         return jnp.asarray(values, leaf.dtype)
 
     return jax.tree_util.tree_map_with_path(draw, abstract)
+
+
+_TINY_VOCAB_TEXT = ('import jax\nimport flax.linen as nn\n'
+                    'class Model(nn.Module):\n    @nn.compact\n'
+                    '    def __call__(self, x):\n'
+                    '        x = nn.Dense(features=10)(x)\n        return x\n'
+                    '"""Metrics:\n{\'num_params\': \'4800\', '
+                    '\'val_accuracy\': \'0.865\'}\n"""\n')
+
+
+def tiny_language_model(*, seed: int = 0, max_len: int = 2048,
+                        **options) -> serving.LanguageModel:
+    """A served tiny model with random weights and a small byte-level BPE.
+
+    What it writes is noise, but every call of the served interface is real:
+    for tests of code that drives an LM (the search), where the LM's skill
+    does not matter. `options` go to `LanguageModel.create`.
+    """
+    vocab = vocab_lib.train_byte_level_bpe([_TINY_VOCAB_TEXT] * 20,
+                                           vocab_size=300)
+    config = tiny_config(vocab_size=vocab.vocab_size, max_len=max_len)
+    return serving.LanguageModel.create(config, random_params(config, seed),
+                                        vocab, **options)

@@ -28,11 +28,33 @@ def probe(*, task, limits, worker_config, num_workers):
     return task, limits, worker_config, num_workers
 
 
+# Method files, layered after a run file: the method label they set.
+METHOD_FILES = {'gin/search/evoprompting.gin': 'evoprompting',
+                'gin/search/no_prompt_tuning.gin': 'no_prompt_tuning',
+                'gin/search/random_parents.gin': 'random_parents',
+                'gin/search/naive_few_shot.gin': 'naive_few_shot'}
+OTHER_FILES = {'gin/devices/cpu.gin', 'gin/lm/tiny_random.gin'}
+
+
 def test_every_gin_file_is_covered():
     shipped = {os.path.relpath(p, gin_utils.REPO_ROOT)
                for p in glob.glob(os.path.join(GIN_DIR, '**', '*.gin'),
                                   recursive=True)}
-    assert shipped == set(RUN_FILES) | {'gin/devices/cpu.gin'}
+    assert shipped == set(RUN_FILES) | set(METHOD_FILES) | OTHER_FILES
+
+
+@pytest.mark.parametrize('path', sorted(RUN_FILES))
+def test_budget_macros_are_consistent(path):
+    gin_utils.parse([path], [])
+    macro = lambda name: gin.query_parameter(f'{name}/macro.value')
+    assert macro('TOTAL_PROMPTS') == macro('ROUNDS') * macro('PROMPTS')
+    assert macro('CHILDREN_PER_ROUND') == macro('PROMPTS') * macro('SAMPLES')
+
+
+@pytest.mark.parametrize('path', sorted(METHOD_FILES))
+def test_method_files_set_their_method(path):
+    gin_utils.parse(['gin/mnist1d/quick.gin', path], [])
+    assert gin.query_parameter('METHOD/macro.value') == METHOD_FILES[path]
 
 
 @pytest.mark.parametrize('path', sorted(RUN_FILES))
@@ -46,7 +68,8 @@ def test_run_files_build_task_and_sandbox(path):
     assert isinstance(worker_config, pool.WorkerConfig)
     assert num_workers == 1
     # The main binary's entry point is fully bound.
-    assert gin.query_parameter('evaluation.evaluate_seeds.task') is not None
+    for name in ('task', 'proposer', 'sandbox', 'config'):
+        assert gin.query_parameter(f'search.run.{name}') is not None
 
 
 def test_bindings_override_files():

@@ -104,6 +104,11 @@ class Task(Protocol):
         """The program contract, as shown to people and in the LM prompt."""
 
     @property
+    def preamble(self) -> str:
+        """Imports every program starts with; prompts leave them out and the
+        search puts them back in front of each child the LM writes."""
+
+    @property
     def objectives(self) -> Sequence[str]:
         """Metric keys the task reports; the first is the one selection uses."""
 

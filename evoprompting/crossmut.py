@@ -1,0 +1,223 @@
+"""EvoPrompting's proposer: CROSSMUT with a code LM, GETTOP, prompt tuning.
+
+Chen et al. (2023), Algorithms 1 and 2, section 3.3:
+
+* Parents. Round 0's are the scored seeds. Round t's are GETTOP over all
+  candidates evaluated before it: the `num_parents` best by fitness that have
+  not been parents before (selected parents are retired). With
+  `random_parents` (the paper's ablation) they are drawn uniformly from the
+  scored, non-retired candidates instead. Parents are recomputed from the
+  history when needed, so they need no saved state.
+* CROSSMUT. `num_prompts` prompts, each of `num_shots` parents drawn i.i.d.
+  uniformly (with replacement) from the round's parents, rendered by
+  `evoprompting.prompts` with the paper's target metrics; `samples_per_prompt`
+  samples each. Sample j of every prompt of a round uses temperature
+  `temperatures[j]`, drawn uniformly from `temperature_choices` per round.
+* Learning (TRAIN, after every round but the last): the soft prompt is
+  tuned, starting from the previous round's, on the round's scored children
+  that were not selected as the next round's parents (C_EVALED \\ P).
+
+Choices where the paper is silent (each a field of `CrossMutConfig`):
+* A tuning example is the child's own prompt with the *child's measured*
+  metrics in place of the targets (hindsight relabelling), the target text
+  being the child's code: the LM learns to write a program with given
+  metrics.
+* The soft prompt is first created at the first tuning, initialised from the
+  embeddings of the task preamble's tokens; round 0 samples from the plain LM
+  as the paper's theta_0 does.
+* When no parent is left (every scored candidate retired), the round's
+  parents are the best scored candidates, retired or not; a warning says so.
+* A prompt longer than the LM's context leaves room for is redrawn (up to
+  `max_redraws` times); then its parents are the shortest ones.
+
+Soft prompts are saved as orbax checkpoints `<workdir>/soft_prompts/round_<t>`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Mapping, Sequence
+
+from absl import logging
+import jax
+import numpy as np
+
+from evoprompting import prompts, search, store
+from evoprompting.tasks import base
+from lm import checkpoints, prompt_tuning, serving
+
+SOFT_PROMPTS_DIR = 'soft_prompts'
+OPENING = 'class Model(nn.Module):'
+
+
+@dataclasses.dataclass(frozen=True)
+class CrossMutConfig:
+    """EvoPrompting's sampling and tuning settings (defaults: the paper's).
+
+    Attributes:
+      num_prompts: prompts per round, m.
+      samples_per_prompt: children per prompt, n.
+      num_shots: parents per prompt, k.
+      num_parents: parents selected per round, p.
+      temperature_choices: the mixed-temperature set.
+      max_new_tokens: longest child, in tokens.
+      random_parents: draw parents at random (ablation) instead of GETTOP.
+      tune_prompt: prompt-tune between rounds (False: the ablation).
+      soft_prompt_length: soft prompt tokens (paper: 16).
+      max_redraws: tries to draw parents whose prompt fits the context.
+    """
+
+    num_prompts: int = 10
+    samples_per_prompt: int = 16
+    num_shots: int = 2
+    num_parents: int = 10
+    temperature_choices: tuple[float, ...] = (0.2, 0.6, 0.8, 1.0)
+    max_new_tokens: int = 512
+    random_parents: bool = False
+    tune_prompt: bool = True
+    soft_prompt_length: int = 16
+    max_redraws: int = 10
+
+
+def select_parents(history: search.History, round_index: int, *,
+                   num_parents: int, random_parents: bool,
+                   seed: int) -> list[int]:
+    """Ids of round `round_index`'s parents (see the module docstring)."""
+    scored = lambda h: [c.id for c, f in zip(h.candidates, h.fitness)
+                        if f is not None]
+    parents = scored(history.before(0))  # The seeds.
+    retired: set[int] = set()
+    for t in range(1, round_index + 1):
+        retired.update(parents)
+        seen = history.before(t)
+        if random_parents:
+            pool = [i for i in scored(seen) if i not in retired]
+            rng = np.random.default_rng([seed, t, 2])
+            parents = sorted(rng.choice(pool, min(num_parents, len(pool)),
+                                        replace=False).tolist()) if pool else []
+        else:
+            parents = seen.top(num_parents, exclude=frozenset(retired))
+        if not parents:
+            logging.warning('Round %d: every scored candidate has been a '
+                            'parent; reusing the best ones', t)
+            parents = seen.top(num_parents)
+    return parents
+
+
+class CrossMut:
+    """The EvoPrompting proposer (a `search.Proposer`)."""
+
+    def __init__(self, *, lm: serving.LanguageModel, task: base.Task,
+                 config: CrossMutConfig = CrossMutConfig(), seed: int = 0):
+        """`seed` must be the search's (`SearchConfig.seed`): it draws random
+        parents in the ablation."""
+        self.lm = lm
+        self.task = task
+        self.config = config
+        self.seed = seed
+        self.soft_prompt: jax.Array | None = None
+        self.workdir = ''
+
+    def start(self, workdir: str, completed_rounds: int) -> None:
+        self.workdir = workdir
+        self.soft_prompt = None
+        for t in reversed(range(completed_rounds)):
+            path = self._soft_prompt_path(t)
+            if os.path.isdir(path):
+                self.soft_prompt = checkpoints.restore(path)['soft_prompt']
+                logging.info('Restored the soft prompt of round %d', t)
+                break
+
+    def _soft_prompt_path(self, round_index: int) -> str:
+        return os.path.join(self.workdir, SOFT_PROMPTS_DIR, f'round_{round_index}')
+
+    def _example(self, candidate: store.Candidate) -> prompts.Example:
+        return prompts.Example(
+            code=prompts.prompt_code(candidate.source, self.task.preamble),
+            metrics=prompts.Metrics(
+                num_params=int(candidate.result.params),
+                val_accuracy=float(candidate.result.metrics['val_accuracy'])))
+
+    def _prompt(self, history: search.History, parents: Sequence[int],
+                target: prompts.Metrics | None = None) -> str:
+        shots = [self._example(history.by_id(i)) for i in parents]
+        target = target or prompts.target_metrics([s.metrics for s in shots])
+        return prompts.few_shot_prompt(shots, target, OPENING)
+
+    def _parents(self, history: search.History, round_index: int) -> list[int]:
+        return select_parents(history, round_index,
+                              num_parents=self.config.num_parents,
+                              random_parents=self.config.random_parents,
+                              seed=self.seed)
+
+    def propose(self, round_index: int, history: search.History,
+                rng: np.random.Generator) -> list[search.Proposal]:
+        cfg = self.config
+        parents = self._parents(history, round_index)
+        room = self.lm.prompt_room(cfg.max_new_tokens, self.soft_prompt)
+        fits = lambda text: len(self.lm.vocab.encode(text)) <= room
+        drawn: list[list[int]] = []
+        texts: list[str] = []
+        for _ in range(cfg.num_prompts):
+            for _ in range(cfg.max_redraws):
+                shots = [int(i) for i in rng.choice(parents, cfg.num_shots)]
+                text = self._prompt(history, shots)
+                if fits(text):
+                    break
+            else:
+                shortest = min(parents, key=lambda i: len(
+                    history.by_id(i).source))
+                shots = [shortest] * cfg.num_shots
+                text = self._prompt(history, shots)
+                if not fits(text):
+                    raise search.SearchError(
+                        f'even a prompt of the shortest parent (id {shortest}) '
+                        f'is longer than the {room} tokens the LM leaves for '
+                        'prompts; use an LM with a longer context or lower '
+                        'max_new_tokens')
+            drawn.append(shots)
+            texts.append(text)
+        temperatures = [float(t) for t in rng.choice(
+            cfg.temperature_choices, cfg.samples_per_prompt)]
+        key = jax.random.key(int(rng.integers(2**31)))
+        samples = self.lm.generate(
+            texts, num_samples=cfg.samples_per_prompt,
+            max_new_tokens=cfg.max_new_tokens, temperatures=temperatures,
+            rng=key, soft_prompt=self.soft_prompt)
+        return [search.Proposal(
+            source=self.task.preamble + '\n\n' +
+            prompts.child_source(OPENING, completion),
+            parents=tuple(drawn[p]), prompt_id=p, temperature=temperatures[j])
+            for p, row in enumerate(samples) for j, completion in enumerate(row)]
+
+    def learn(self, round_index: int, history: search.History,
+              rng: np.random.Generator) -> Mapping[str, float]:
+        if not self.config.tune_prompt:
+            return {}
+        next_parents = set(self._parents(history, round_index + 1))
+        examples = []
+        for c, f in zip(history.candidates, history.fitness):
+            if c.round != round_index or f is None or c.id in next_parents:
+                continue
+            child = self._example(c)
+            prompt = self._prompt(history, c.parents, target=child.metrics)
+            examples.append((prompt, child.code[len(OPENING):]))
+        if not examples:
+            logging.info('Round %d: no child to tune the soft prompt on',
+                         round_index)
+            return {'prompt_tuning/examples': 0.0}
+        if self.soft_prompt is None:
+            self.soft_prompt = prompt_tuning.init_from_text(
+                self.lm.params['embedding'],
+                self.lm.vocab.encode(self.task.preamble),
+                self.config.soft_prompt_length)
+        self.soft_prompt, metrics = self.lm.tune(
+            self.soft_prompt, examples, jax.random.key(int(rng.integers(2**31))))
+        checkpoints.save(self._soft_prompt_path(round_index),
+                         {'soft_prompt': self.soft_prompt}, overwrite=True)
+        logging.info('Round %d: soft prompt tuned on %d children, loss per '
+                     'epoch %s', round_index, len(examples),
+                     ['%.3f' % l for l in metrics['epoch_loss']])
+        return {'prompt_tuning/examples': float(len(examples)),
+                'prompt_tuning/loss': float(metrics['epoch_loss'][-1])}

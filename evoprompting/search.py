@@ -1,0 +1,450 @@
+"""The search loop: EvoPrompting's Algorithm 1 over a durable, resumable store.
+
+    evaluate the seeds                                   (round -1)
+    for t in 0 .. num_rounds-1:
+        proposals <- proposer.propose(t, history)        (CROSSMUT, or a baseline)
+        evaluate every proposal in the sandbox           (FILTERANDEVAL)
+        if t < num_rounds-1: proposer.learn(t, history)  (GETTOP + prompt tuning)
+    return the top `num_top` children by fitness
+
+The loop owns what every method shares: the seeds, the sandbox, the store,
+duplicate detection, fitness, progress, summaries and resumption. What makes
+a method (which parents, how children are written, what is learnt between
+rounds) is a `Proposer`, injected (EvoPrompting: `evoprompting.crossmut`;
+baselines: `evoprompting.baselines`).
+
+Fitness (section 3.3): `-(params * val_error)` for a child whose validation
+error is below `alpha`; other children, and duplicates, are not scored.
+
+Duplicates: a proposal whose normalised source (`normalise`) equals that of
+an earlier candidate is recorded with `duplicate_of` and the earlier result,
+and is not trained again. It counts toward the sample budget, as in the paper.
+
+Nothing lost. Every workdir file is written durably:
+
+    config.gin, run_metadata.json  written by `main` at start
+    search_config.json             this loop's settings; a later run must match
+    candidates.jsonl               every candidate, fsynced (`store.py`)
+    rounds/round_<t>.json          the round's proposals, written atomically
+                                   before the first of them is evaluated
+    state.json                     rounds completed (replaced atomically)
+    <proposer files>               e.g. soft prompts (orbax), one per round
+
+A run started again on the same workdir skips the rounds `state.json` says
+are complete, reuses a round's saved proposals, evaluates only proposals
+without a record, and repeats an interrupted `learn`. Every random choice
+comes from `round_rng(seed, round, stage)`, and selection orders candidates
+by (round, proposal), never by completion order, so a resumed run ends with
+the same population as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Mapping, Protocol, Sequence
+
+from absl import logging
+import numpy as np
+
+from evoprompting import selection, store, summaries
+from evoprompting.sandbox import evaluator
+from evoprompting.tasks import base
+
+SEARCH_CONFIG_FILE = 'search_config.json'
+ROUNDS_DIR = 'rounds'
+SEED_ROUND = -1
+
+
+class SearchError(Exception):
+    """The search cannot go on; the message says why and what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+    """Settings every method shares.
+
+    Attributes:
+      method: a label for reports ('evoprompting', 'random_search', ...).
+      num_rounds: rounds of evolution, T (paper: 10).
+      alpha: children whose validation error is not below alpha are not
+        scored (paper: 0.5).
+      seed: seeds every random choice of the search.
+      training_seed: seed every program is trained with.
+      num_top: size of the final population returned (paper: p = 10).
+      hypervolume_reference: (error, log10 params) bounding the Pareto
+        hypervolume in summaries and reports.
+    """
+
+    method: str = 'evoprompting'
+    num_rounds: int = 10
+    alpha: float = 0.5
+    seed: int = 0
+    training_seed: int = 0
+    num_top: int = 10
+    hypervolume_reference: tuple[float, float] = (1.0, 7.0)
+
+    def __post_init__(self):
+        if self.num_rounds < 1:
+            raise ValueError(f'num_rounds must be >= 1, got {self.num_rounds}')
+        if not 0.0 < self.alpha <= 1.0:
+            raise ValueError(f'alpha must be in (0, 1], got {self.alpha}')
+
+
+@dataclasses.dataclass(frozen=True)
+class Proposal:
+    """A program to evaluate, with where it came from.
+
+    Attributes:
+      source: the complete program (task preamble included).
+      parents: candidate ids shown to (or mutated by) its author.
+      prompt_id: which prompt of the round wrote it, if any.
+      temperature: the sampling temperature, if sampled.
+    """
+
+    source: str
+    parents: tuple[int, ...] = ()
+    prompt_id: int | None = None
+    temperature: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), 'parents': list(self.parents)}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Proposal:
+        return cls(**{**d, 'parents': tuple(d['parents'])})
+
+
+@dataclasses.dataclass(frozen=True)
+class History:
+    """Everything evaluated so far (the paper's G, with the seeds), in the
+    search's own order: by (round, proposal).
+
+    Attributes:
+      candidates: the candidates, seeds first.
+      fitness: `fitness[i]` of `candidates[i]`, None when not scored.
+    """
+
+    candidates: tuple[store.Candidate, ...]
+    fitness: tuple[float | None, ...]
+
+    @classmethod
+    def of(cls, candidates: Sequence[store.Candidate], alpha: float) -> History:
+        ordered = sorted(candidates, key=lambda c: (c.round, c.proposal, c.id))
+        return cls(tuple(ordered), tuple(
+            None if c.duplicate_of is not None
+            else selection.fitness(c.result, alpha=alpha) for c in ordered))
+
+    def by_id(self, candidate_id: int) -> store.Candidate:
+        for c in self.candidates:
+            if c.id == candidate_id:
+                return c
+        raise KeyError(candidate_id)
+
+    def before(self, round_index: int) -> History:
+        """The part evaluated before `round_index` (seeds are round -1)."""
+        keep = [i for i, c in enumerate(self.candidates) if c.round < round_index]
+        return History(tuple(self.candidates[i] for i in keep),
+                       tuple(self.fitness[i] for i in keep))
+
+    def top(self, p: int, *, exclude: frozenset[int] = frozenset(),
+            children_only: bool = False) -> list[int]:
+        """Ids of the p best scored candidates not in `exclude` (GETTOP)."""
+        fitness = [None if (c.id in exclude or
+                            (children_only and c.round == SEED_ROUND)) else f
+                   for c, f in zip(self.candidates, self.fitness)]
+        return [self.candidates[i].id for i in selection.get_top(fitness, p)]
+
+
+class Proposer(Protocol):
+    """A search method's variation and learning (EvoPrompting or a baseline)."""
+
+    def start(self, workdir: str, completed_rounds: int) -> None:
+        """Called once before the first round run in this process; restores
+        whatever `learn` saved in `workdir` for the completed rounds."""
+
+    def propose(self, round_index: int, history: History,
+                rng: np.random.Generator) -> list[Proposal]:
+        """The round's children, to be evaluated in this order."""
+
+    def learn(self, round_index: int, history: History,
+              rng: np.random.Generator) -> Mapping[str, float]:
+        """After round `round_index` is evaluated (not after the last round):
+        updates and saves the method's state; returns scalars to log."""
+
+
+def round_rng(seed: int, round_index: int, stage: str) -> np.random.Generator:
+    """The generator of one stage ('propose', 'learn') of one round."""
+    return np.random.default_rng([seed, round_index + 1,
+                                  {'propose': 0, 'learn': 1}[stage]])
+
+
+def normalise(source: str) -> str:
+    """The source without comments and formatting (for duplicate detection);
+    a source that does not parse is only stripped."""
+    try:
+        return ast.unparse(ast.parse(source))
+    except (SyntaxError, ValueError):
+        return source.strip()
+
+
+def _write_json_atomic(path: str, obj: Any) -> None:
+    tmp = f'{path}.tmp'
+    with open(tmp, 'w', encoding='utf-8') as f:
+        json.dump(obj, f, indent=1, sort_keys=True, allow_nan=False)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _check_search_config(workdir: str, config: SearchConfig, task: base.Task,
+                         allow_change: bool) -> None:
+    """Writes search_config.json, refusing a workdir of another search."""
+    path = os.path.join(workdir, SEARCH_CONFIG_FILE)
+    current = {**dataclasses.asdict(config), 'task': task.name}
+    current['hypervolume_reference'] = list(config.hypervolume_reference)
+    if os.path.exists(path):
+        with open(path, encoding='utf-8') as f:
+            stored = json.load(f)
+        changed = sorted(k for k in set(stored) | set(current)
+                         if stored.get(k) != current.get(k))
+        if changed and not allow_change:
+            details = ', '.join(f'{k}: {stored.get(k)!r} -> {current.get(k)!r}'
+                                for k in changed)
+            raise SearchError(
+                f'{workdir} holds a search with other settings ({details}). '
+                'Use another --workdir, or pass --allow_config_change to go on '
+                'with the new settings.')
+    _write_json_atomic(path, current)
+
+
+class _Progress:
+    """Logs evaluation progress with a rate and an ETA for the whole search."""
+
+    def __init__(self, total: int, done: int):
+        self.total, self.done, self.start_done = total, done, done
+        self.start = time.monotonic()
+
+    @property
+    def per_minute(self) -> float:
+        elapsed = time.monotonic() - self.start
+        return 60.0 * (self.done - self.start_done) / elapsed if elapsed > 0 else 0.0
+
+    def step(self, label: str, result: base.EvalResult) -> None:
+        self.done += 1
+        rate = self.per_minute
+        left = self.total - self.done
+        eta = f'{left / rate:.1f} min' if rate > 0 else '?'
+        width = 20
+        filled = int(width * self.done / max(self.total, 1))
+        logging.info('[%s%s] %d/%d %s: %s %s | %.1f evals/min | ETA %s',
+                     '#' * filled, '.' * (width - filled), self.done,
+                     self.total, label, result.status.value,
+                     _short(result), rate, eta)
+
+
+def _short(result: base.EvalResult) -> str:
+    if result.ok:
+        acc = result.metrics.get('val_accuracy')
+        return f'params={result.params} val_accuracy={acc}'
+    return result.message.splitlines()[0][:120] if result.message else ''
+
+
+class Search:
+    """One search in one workdir (see the module docstring). Use `run`."""
+
+    def __init__(self, *, task: base.Task, proposer: Proposer,
+                 sandbox: evaluator.Sandbox, config: SearchConfig,
+                 workdir: str,
+                 writer: summaries.TensorBoardWriter | None = None):
+        self.task = task
+        self.proposer = proposer
+        self.sandbox = sandbox
+        self.config = config
+        self.workdir = workdir
+        self.writer = writer
+        self.store = store.CandidateStore.open(workdir)
+
+    @property
+    def history(self) -> History:
+        return History.of(self.store.candidates, self.config.alpha)
+
+    def evaluate(self, round_index: int, proposals: Sequence[Proposal],
+                 progress: _Progress | None = None) -> None:
+        """Records every proposal of a round that has no record yet.
+
+        A proposal equal (after `normalise`) to a candidate of an earlier round
+        or to an earlier proposal of this round is a duplicate: recorded with
+        the original's result once that exists, never trained.
+        """
+        recorded = {c.proposal for c in self.store if c.round == round_index}
+        earlier: dict[str, int] = {}  # Normalised source -> candidate id.
+        for c in self.store:
+            if c.round < round_index:
+                earlier.setdefault(normalise(c.source), c.id)
+        twin_of_candidate: dict[int, int] = {}  # Proposal -> candidate id.
+        twin_of_proposal: dict[int, int] = {}  # Proposal -> earlier proposal.
+        first: dict[str, int] = {}
+        for i, proposal in enumerate(proposals):
+            key = normalise(proposal.source)
+            if key in earlier:
+                twin_of_candidate[i] = earlier[key]
+            elif key in first:
+                twin_of_proposal[i] = first[key]
+            else:
+                first[key] = i
+        to_run = [i for i in range(len(proposals)) if i not in recorded
+                  and i not in twin_of_candidate and i not in twin_of_proposal]
+
+        def record(i: int, result: base.EvalResult,
+                   duplicate_of: int | None = None) -> None:
+            p = proposals[i]
+            self.store.append(store.Candidate(
+                id=len(self.store), round=round_index, source=p.source,
+                result=result, parents=p.parents, prompt_id=p.prompt_id,
+                temperature=p.temperature, duplicate_of=duplicate_of,
+                proposal=i))
+            if progress:
+                label = (f'seed {i}' if round_index == SEED_ROUND
+                         else f'round {round_index} child {i}')
+                if duplicate_of is not None:
+                    label += f' (duplicate of {duplicate_of})'
+                progress.step(label, result)
+
+        self.sandbox.evaluate(
+            [proposals[i].source for i in to_run],
+            [self.config.training_seed] * len(to_run),
+            on_result=lambda j, result: record(to_run[j], result))
+        ids = {c.proposal: c.id for c in self.store if c.round == round_index}
+        for i in range(len(proposals)):
+            if i in recorded or i in to_run:
+                continue
+            original = twin_of_candidate.get(i)
+            if original is None:
+                original = ids[twin_of_proposal[i]]
+            record(i, self.store.candidates[original].result, original)
+
+    def _proposals(self, round_index: int) -> list[Proposal]:
+        """The round's proposals: saved ones, or new ones saved first."""
+        folder = os.path.join(self.workdir, ROUNDS_DIR)
+        path = os.path.join(folder, f'round_{round_index}.json')
+        if os.path.exists(path):
+            with open(path, encoding='utf-8') as f:
+                return [Proposal.from_json(d) for d in json.load(f)]
+        start = time.monotonic()
+        proposals = self.proposer.propose(
+            round_index, self.history,
+            round_rng(self.config.seed, round_index, 'propose'))
+        logging.info('Round %d: %d proposals in %.1f s', round_index,
+                     len(proposals), time.monotonic() - start)
+        os.makedirs(folder, exist_ok=True)
+        _write_json_atomic(path, [p.to_json() for p in proposals])
+        return proposals
+
+    def run(self) -> list[store.Candidate]:
+        """Runs (or resumes) the search; returns the top children, best first."""
+        state = store.read_state(self.workdir) or {'completed_rounds': 0}
+        completed = state['completed_rounds']
+        seeds = self.task.seed_programs()
+        if completed >= self.config.num_rounds:
+            logging.info('%s: all %d rounds are complete', self.workdir,
+                         self.config.num_rounds)
+            return self._top()
+        progress = _Progress(total=len(seeds), done=len(self.store))
+        logging.info('Evaluating %d seed programs of %s', len(seeds), self.task.name)
+        self.evaluate(SEED_ROUND, [Proposal(s.source) for s in seeds], progress)
+        if completed == 0:
+            self._summarise(SEED_ROUND, {})
+        if not any(f is not None for f in self.history.fitness):
+            raise SearchError(
+                'no seed program was scored (each failed or has validation '
+                f'error >= alpha={self.config.alpha}); see '
+                f'{self.store.path} for their statuses')
+        self.proposer.start(self.workdir, completed)
+        for t in range(completed, self.config.num_rounds):
+            round_start = time.monotonic()
+            proposals = self._proposals(t)
+            # Assumes later rounds propose as many children as this one.
+            progress.total = len(seeds) + len(proposals) * self.config.num_rounds
+            self.evaluate(t, proposals, progress)
+            scalars = {'speed/evaluations_per_min': progress.per_minute,
+                       'speed/round_minutes': (time.monotonic() - round_start) / 60}
+            if t < self.config.num_rounds - 1:
+                learnt = self.proposer.learn(
+                    t, self.history, round_rng(self.config.seed, t, 'learn'))
+                scalars.update(learnt)
+            self._summarise(t, scalars)
+            store.write_state(self.workdir, {'completed_rounds': t + 1})
+        return self._top()
+
+    def _summarise(self, round_index: int, scalars: Mapping[str, float]) -> None:
+        stats = summaries.round_stats(
+            self.store.candidates, round_index, alpha=self.config.alpha,
+            reference=self.config.hypervolume_reference)
+        logging.info(
+            '%s done: %d children, %d scored, best fitness so far %s, '
+            'hypervolume %.3f%s',
+            'Seeds' if round_index == SEED_ROUND else f'Round {round_index}',
+            stats.num_children, stats.num_scored, stats.best_fitness,
+            stats.hypervolume_test,
+            ''.join(f', {k}={v:.3g}' for k, v in scalars.items()))
+        if self.writer is not None:
+            self.writer.write_round(stats, candidates=self.store.candidates,
+                                    extra_scalars=scalars)
+
+    def _top(self) -> list[store.Candidate]:
+        history = self.history
+        return [history.by_id(i) for i in
+                history.top(self.config.num_top, children_only=True)]
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def run(*, task: base.Task, proposer: Proposer, sandbox: evaluator.Sandbox,
+        config: SearchConfig, workdir: str,
+        allow_config_change: bool = False) -> list[store.Candidate]:
+    """Runs or resumes a search in `workdir`; the main binary's job.
+
+    Takes ownership of `sandbox` (closed on return). Writes TensorBoard
+    summaries to `<workdir>/tensorboard` after the seeds and after every
+    round. Returns the top `config.num_top` children by fitness, best first,
+    and prints them.
+
+    Raises:
+      SearchError: `workdir` holds a search with other settings (unless
+        `allow_config_change`), or no seed program could be scored.
+    """
+    os.makedirs(workdir, exist_ok=True)
+    with sandbox:
+        _check_search_config(workdir, config, task, allow_config_change)
+        state = store.read_state(workdir)
+        writer = summaries.TensorBoardWriter(
+            workdir, alpha=config.alpha,
+            purge_step=state['completed_rounds'] if state else SEED_ROUND)
+        search = Search(task=task, proposer=proposer, sandbox=sandbox,
+                        config=config, workdir=workdir, writer=writer)
+        try:
+            top = search.run()
+        finally:
+            search.close()
+            writer.close()
+    print(format_top(top), flush=True)
+    return top
+
+
+def format_top(candidates: Sequence[store.Candidate]) -> str:
+    """A plain-text table of the final population."""
+    header = (f'{"id":>5} {"round":>5} {"params":>9} {"val_acc":>8} '
+              f'{"test_acc":>8} {"parents":<12}')
+    rows = [header, '-' * len(header)]
+    for c in candidates:
+        m = c.result.metrics
+        rows.append(f'{c.id:>5} {c.round:>5} {c.result.params:>9} '
+                    f'{m.get("val_accuracy", float("nan")):>8.4f} '
+                    f'{m.get("test_accuracy", float("nan")):>8.4f} '
+                    f'{",".join(map(str, c.parents)):<12}')
+    return '\n'.join(rows)

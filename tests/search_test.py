@@ -1,0 +1,220 @@
+"""The search loop with the real sandbox, real training (tiny budget) and a
+real (tiny, random) served LM: records, duplicates, selection, tuning, resume."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from evoprompting import crossmut, prompts, search, store
+from evoprompting.sandbox import evaluator, pool
+from evoprompting.tasks import base, mnist1d
+from lm import checkpoints, prompt_tuning, testing
+
+TINY = mnist1d.TrainConfig(num_steps=16, eval_every=8, steps_per_call=1)
+LIMITS = pool.Limits(wall_s=120, cpu_s=240, memory_mb=6144, startup_s=300)
+SMALL = crossmut.CrossMutConfig(num_prompts=2, samples_per_prompt=2,
+                                num_parents=2, max_new_tokens=24)
+MLP = mnist1d.PREAMBLE + '''
+class Model(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(10)(nn.relu(nn.Dense(16)(x)))
+'''
+
+
+@pytest.fixture(scope='module')
+def task(tmp_path_factory):
+    cache = str(tmp_path_factory.mktemp('cache'))
+    return mnist1d.Mnist1dTask(data=mnist1d.DataConfig(cache_dir=cache),
+                               train=TINY)
+
+
+@pytest.fixture(scope='module')
+def worker_config(tmp_path_factory):
+    return pool.WorkerConfig(compilation_cache_dir=str(
+        tmp_path_factory.mktemp('jax_cache')))
+
+
+@pytest.fixture(scope='module')
+def lm():
+    return testing.tiny_language_model(
+        batch_size=4, stop_strings=(prompts.STOP,),
+        tuning=prompt_tuning.TuningConfig(num_epochs=1, batch_size=4,
+                                          buckets=(1024, 2048)))
+
+
+def run(workdir, task, worker_config, lm, *, rounds=2, **kwargs):
+    # 16 training steps reach ~25% validation accuracy: alpha admits that.
+    config = search.SearchConfig(num_rounds=rounds, num_top=3, alpha=0.9)
+    return search.run(
+        task=task, proposer=crossmut.CrossMut(lm=lm, task=task, config=SMALL),
+        sandbox=evaluator.Sandbox(task, limits=LIMITS, config=worker_config),
+        config=config, workdir=str(workdir), **kwargs)
+
+
+def read_log(workdir):
+    return [c for c in store.CandidateStore.open(str(workdir))]
+
+
+def test_search_records_everything_and_resumes_without_redoing(
+        tmp_path, task, worker_config, lm):
+    run(tmp_path, task, worker_config, lm)
+    log = read_log(tmp_path)
+    seeds = [c for c in log if c.round == search.SEED_ROUND]
+    assert [c.proposal for c in seeds] == [0, 1, 2, 3]
+    assert all(c.result.ok for c in seeds)
+    for t in (0, 1):
+        children = [c for c in log if c.round == t]
+        assert sorted(c.proposal for c in children) == [0, 1, 2, 3]
+        assert all(c.temperature in SMALL.temperature_choices for c in children)
+        assert all(len(c.parents) == SMALL.num_shots for c in children)
+        assert all(c.source.startswith(task.preamble) for c in children)
+        # Children of the random LM fail; each failure is a status.
+        assert all(isinstance(c.result.status, base.Status) for c in children)
+    # Round 0's parents are the seeds.
+    assert {p for c in log if c.round == 0 for p in c.parents} <= {
+        c.id for c in seeds}
+    assert store.read_state(str(tmp_path)) == {'completed_rounds': 2}
+    with open(tmp_path / search.ROUNDS_DIR / 'round_1.json') as f:
+        saved = [search.Proposal.from_json(d) for d in json.load(f)]
+    assert [p.source for p in saved] == [c.source for c in sorted(
+        (c for c in log if c.round == 1), key=lambda c: c.proposal)]
+
+    # TensorBoard events and a report of the run.
+    assert any(name.startswith('events.out.tfevents')
+               for name in os.listdir(tmp_path / 'tensorboard'))
+    out = subprocess.run(
+        [sys.executable, '-m', 'evoprompting.report', f'--workdir={tmp_path}',
+         f'--out={tmp_path / "report"}'], capture_output=True, text=True,
+        timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert 'evoprompting' in (tmp_path / 'report' / 'report.md').read_text()
+
+    # The same search again: complete, nothing evaluated again.
+    run(tmp_path, task, worker_config, lm)
+    assert len(read_log(tmp_path)) == len(log)
+
+    # Other settings are refused unless allowed; then the run goes on.
+    with pytest.raises(search.SearchError, match='num_rounds: 2 -> 3'):
+        run(tmp_path, task, worker_config, lm, rounds=3)
+    run(tmp_path, task, worker_config, lm, rounds=3, allow_config_change=True)
+    longer = read_log(tmp_path)
+    assert len(longer) == len(log) + 4
+    assert [c.to_json() for c in longer[:len(log)]] == [c.to_json() for c in log]
+
+
+def test_duplicates_are_recorded_not_retrained(tmp_path, task, worker_config, lm):
+    seed = task.seed_programs()[0].source
+    proposals = [search.Proposal('# A comment changes nothing.\n' + seed),
+                 search.Proposal(MLP),
+                 search.Proposal(MLP.replace('Dense(10)', 'Dense( 10 )'))]
+    with evaluator.Sandbox(task, limits=LIMITS, config=worker_config) as sandbox:
+        s = search.Search(task=task, proposer=None, sandbox=sandbox,
+                          config=search.SearchConfig(), workdir=str(tmp_path))
+        s.evaluate(search.SEED_ROUND, [search.Proposal(seed)])
+        s.evaluate(0, proposals)
+        s.close()
+    log = read_log(tmp_path)
+    by_proposal = {c.proposal: c for c in log if c.round == 0}
+    assert by_proposal[0].duplicate_of == 0
+    assert by_proposal[0].result == log[0].result
+    assert by_proposal[1].duplicate_of is None and by_proposal[1].result.ok
+    assert by_proposal[2].duplicate_of == by_proposal[1].id
+    assert by_proposal[2].result == by_proposal[1].result
+    # Duplicates are not scored again.
+    history = search.History.of(log, alpha=0.95)
+    scored = {c.id for c, f in zip(history.candidates, history.fitness)
+              if f is not None}
+    assert by_proposal[1].id in scored and by_proposal[2].id not in scored
+
+
+def result(params, val_accuracy, status=base.Status.OK):
+    return base.EvalResult(status, '', 'hash', params=params, metrics={
+        'val_accuracy': val_accuracy, 'test_accuracy': val_accuracy})
+
+
+def candidate(i, round_, params, acc, status=base.Status.OK, parents=()):
+    source = mnist1d.PREAMBLE + (
+        f'\nclass Model(nn.Module):\n    @nn.compact\n    def __call__(self, x):\n'
+        f'        return nn.Dense(10)(nn.Dense({i + 1})(x))\n')
+    return store.Candidate(id=i, round=round_, source=source,
+                           result=result(params, acc, status), parents=parents,
+                           proposal=i)
+
+
+# Seeds 0-1; round 0 children 2-5; round 1 children 6-7.
+HISTORY = search.History.of([
+    candidate(0, -1, 5000, 0.9), candidate(1, -1, 90000, 0.95),
+    candidate(2, 0, 3000, 0.9, parents=(0, 1)),     # fitness -300
+    candidate(3, 0, 1000, 0.8, parents=(0, 0)),     # -200
+    candidate(4, 0, 2000, 0.4, parents=(1, 0)),     # error 0.6 >= alpha
+    candidate(5, 0, 100, 0.1, base.Status.NAN),     # not scored
+    candidate(6, 1, 500, 0.9, parents=(3, 2)),      # -50
+    candidate(7, 1, 800, 0.9, parents=(3, 3)),      # -80
+], alpha=0.5)
+
+
+def test_parents_are_gettop_with_retirement():
+    select = lambda t, p: crossmut.select_parents(
+        HISTORY, t, num_parents=p, random_parents=False, seed=0)
+    assert select(0, 10) == [0, 1]
+    assert select(1, 1) == [3]
+    assert select(2, 1) == [6]          # 3 retired; 6 is the best left.
+    assert select(1, 10) == [3, 2]
+    assert select(2, 10) == [6, 7]      # Seeds, 2 and 3 retired.
+    # Nothing left: the best ones again, with a warning.
+    assert select(3, 10) == [6, 7, 3, 2, 0, 1]
+    random = crossmut.select_parents(HISTORY, 1, num_parents=1,
+                                     random_parents=True, seed=0)
+    assert len(random) == 1 and random[0] in (2, 3)
+    assert random == crossmut.select_parents(HISTORY, 1, num_parents=1,
+                                             random_parents=True, seed=0)
+
+
+def test_learn_tunes_on_the_round_minus_next_parents(tmp_path, task, lm):
+    config = dataclasses.replace(SMALL, num_parents=1, soft_prompt_length=4)
+    proposer = crossmut.CrossMut(lm=lm, task=task, config=config)
+    proposer.start(str(tmp_path), completed_rounds=0)
+    assert proposer.soft_prompt is None
+    metrics = proposer.learn(0, HISTORY, np.random.default_rng(0))
+    # Round 0's scored children are 2 and 3; 3 is round 1's parent.
+    assert metrics['prompt_tuning/examples'] == 1.0
+    assert np.isfinite(metrics['prompt_tuning/loss'])
+    saved = checkpoints.restore(str(tmp_path / crossmut.SOFT_PROMPTS_DIR / 'round_0'))
+    assert saved['soft_prompt'].shape == (4, lm.config.embed_dim)
+
+    restarted = crossmut.CrossMut(lm=lm, task=task, config=config)
+    restarted.start(str(tmp_path), completed_rounds=1)
+    np.testing.assert_array_equal(restarted.soft_prompt, proposer.soft_prompt)
+    # Proposals then sample with the soft prompt.
+    proposals = restarted.propose(1, HISTORY, np.random.default_rng(1))
+    assert len(proposals) == config.num_prompts * config.samples_per_prompt
+
+    frozen = crossmut.CrossMut(lm=lm, task=task, config=crossmut.CrossMutConfig(
+        tune_prompt=False))
+    frozen.start(str(tmp_path / 'frozen'), completed_rounds=0)
+    assert frozen.learn(0, HISTORY, np.random.default_rng(0)) == {}
+    assert not os.path.exists(tmp_path / 'frozen' / crossmut.SOFT_PROMPTS_DIR)
+
+
+def test_prompts_show_parents_and_targets(task, lm):
+    proposer = crossmut.CrossMut(lm=lm, task=task, config=SMALL)
+    text = proposer._prompt(HISTORY, [2, 3])  # pylint: disable=protected-access
+    assert text.count(prompts.METRICS_HEADER) == 3
+    assert "{'num_params': '3000', 'val_accuracy': '0.900'}" in text
+    # Targets: 90% of the smallest parent, 102% of the best accuracy.
+    assert "{'num_params': '900', 'val_accuracy': '0.918'}" in text
+    assert text.endswith(crossmut.OPENING)
+    assert 'import' not in text
+
+
+def test_normalise_ignores_comments_and_layout():
+    assert search.normalise('x = 1  # one\n') == search.normalise('x=1\n')
+    assert search.normalise('x = (\n') == 'x = ('
+
