@@ -248,8 +248,9 @@ class _Progress:
 
 def _short(result: base.EvalResult) -> str:
     if result.ok:
-        acc = result.metrics.get('val_accuracy')
-        return f'params={result.params} val_accuracy={acc}'
+        return f'params={result.params} ' + ' '.join(
+            f'{k}={v:.4f}' for k, v in sorted(result.metrics.items())
+            if k.startswith('val_'))
     return result.message.splitlines()[0][:120] if result.message else ''
 
 
@@ -438,6 +439,8 @@ def run(*, task: base.Task, proposer: Proposer, sandbox: evaluator.Sandbox,
 
 def format_top(candidates: Sequence[store.Candidate]) -> str:
     """A plain-text table of the final population."""
+    if not candidates:
+        return 'No child was scored.'
     header = (f'{"id":>5} {"round":>5} {"params":>9} {"val_acc":>8} '
               f'{"test_acc":>8} {"parents":<12}')
     rows = [header, '-' * len(header)]

@@ -1,0 +1,112 @@
+"""Nothing lost: the main binary killed with SIGKILL at several moments, then
+run again, ends with exactly the records of an uninterrupted run."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from evoprompting import gin_utils
+
+# One round of 2 x 2 children from the tiny random LM, 16 training steps.
+SEARCH = ['--gin_file=gin/mnist1d/quick.gin', '--gin_file=gin/lm/tiny_random.gin',
+          '--gin_bindings=mnist1d.TrainConfig.num_steps = 16',
+          '--gin_bindings=mnist1d.TrainConfig.eval_every = 8',
+          '--gin_bindings=ROUNDS = 2', '--gin_bindings=PROMPTS = 2',
+          '--gin_bindings=SAMPLES = 2', '--gin_bindings=MAX_NEW_TOKENS = 24',
+          '--gin_bindings=search.SearchConfig.alpha = 0.9']
+
+
+def command(workdir):
+    return [sys.executable, '-m', 'evoprompting.main', *SEARCH,
+            f'--workdir={workdir}']
+
+
+def run_to_end(workdir):
+    out = subprocess.run(command(workdir), capture_output=True, text=True,
+                         timeout=900, cwd=gin_utils.REPO_ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stderr
+
+
+def run_until(workdir, marker: str, sig=signal.SIGKILL) -> str:
+    """Starts the binary and sends `sig` when `marker` appears in its log."""
+    process = subprocess.Popen(command(workdir), stderr=subprocess.PIPE,
+                               stdout=subprocess.DEVNULL, text=True,
+                               cwd=gin_utils.REPO_ROOT)
+    timer = threading.Timer(900, process.kill)
+    timer.start()
+    log = []
+    try:
+        for line in process.stderr:
+            log.append(line)
+            if marker in line:
+                process.send_signal(sig)
+                break
+        log.extend(process.stderr)
+        process.wait()
+    finally:
+        timer.cancel()
+    assert any(marker in line for line in log), ''.join(log[-40:])
+    return ''.join(log)
+
+
+def records(workdir):
+    """The log in the search's order, without ids and timings."""
+    out = []
+    for line in open(os.path.join(workdir, 'candidates.jsonl')):
+        c = json.loads(line)
+        r = c['result']
+        out.append((c['round'], c['proposal'], c['source'], c['parents'],
+                    c['temperature'], r['status'], r['params'],
+                    r['metrics'].get('val_accuracy')))
+    return sorted(out, key=lambda r: (r[0], r[1]))
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp('uninterrupted'))
+    run_to_end(workdir)
+    return records(workdir)
+
+
+def test_killed_run_resumes_without_loss_or_repeats(tmp_path):
+    """The default suite's kill: between sampling and evaluation of round 0."""
+    run_until(str(tmp_path), 'Round 0: 4 proposals')
+    before = records(str(tmp_path))
+    proposals = (tmp_path / 'rounds' / 'round_0.json').read_text()
+    run_to_end(str(tmp_path))
+    after = records(str(tmp_path))
+    assert after[:len(before)] == before
+    assert [(r[0], r[1]) for r in after] == (
+        [(-1, i) for i in range(4)] + [(t, i) for t in (0, 1) for i in range(4)])
+    # The saved proposals were evaluated, not sampled again.
+    assert (tmp_path / 'rounds' / 'round_0.json').read_text() == proposals
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('marker', [
+    '2/4 seed 1:',            # While the seeds are evaluated.
+    'Round 0: 4 proposals',   # Between sampling and evaluation.
+    'Round 0 done',           # Between the summaries and the state.
+])
+def test_killed_run_resumes_to_the_same_records(tmp_path, uninterrupted, marker):
+    run_until(str(tmp_path), marker)
+    before = records(str(tmp_path))
+    log = run_to_end(str(tmp_path))
+    after = records(str(tmp_path))
+    assert after[:len(before)] == before  # Nothing lost.
+    assert after == uninterrupted  # Nothing evaluated twice, same result.
+    assert 'Evaluating 4 seed programs' in log
+
+
+@pytest.mark.slow
+def test_sigint_stops_cleanly_and_says_how_to_resume(tmp_path, uninterrupted):
+    log = run_until(str(tmp_path), '1/4 seed 0:', signal.SIGINT)
+    assert 'run the same command to resume' in log
+    run_to_end(str(tmp_path))
+    assert records(str(tmp_path)) == uninterrupted
