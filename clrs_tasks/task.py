@@ -1,0 +1,64 @@
+"""CLRS-30 as a search task (EvoPrompting section 4.2).
+
+Candidates are triplet-message functions (`processors.TRIPLET_CONTRACT`),
+plugged into a Triplet-GMPNN and trained on one algorithm with the recipe of
+`train.py` (the paper's search budget: 2,000 steps per child). Metrics:
+`val_score` (the best validation score, in-distribution size 16) decides
+fitness; `test_score` is the out-of-distribution score at size 64 with the
+parameters of the best validation score.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from clrs_tasks import data as data_lib
+from clrs_tasks import processors
+from clrs_tasks import train as train_lib
+from evoprompting.tasks import base
+from seeds import read_seeds
+
+
+@dataclasses.dataclass(frozen=True)
+class ClrsTask:
+    """One CLRS-30 algorithm; fitness from the best validation score.
+
+    Attributes:
+      data: the algorithm and its datasets.
+      train: training budget and model settings.
+      max_params: programs whose whole model has more parameters are
+        `too_large`, decided from the abstract initialisation.
+    """
+
+    data: data_lib.DataConfig = data_lib.DataConfig()
+    train: train_lib.TrainConfig = train_lib.TrainConfig()
+    max_params: int = 5_000_000
+    name: str = 'clrs'
+
+    @property
+    def contract(self) -> str:
+        return processors.TRIPLET_CONTRACT
+
+    @property
+    def preamble(self) -> str:
+        return processors.PREAMBLE
+
+    @property
+    def objectives(self) -> tuple[str, ...]:
+        return ('val_score', 'test_score')
+
+    def seed_programs(self) -> list[base.SeedProgram]:
+        return [base.SeedProgram(name, source)
+                for name, source in read_seeds('clrs')]
+
+    def prepare(self) -> None:
+        data_lib.load_splits(self.data)
+
+    def run_program(self, program: dict[str, Any], seed: int) -> base.EvalResult:
+        """Trains a model with `program['get_triplet_msgs']`. Workers only."""
+        train_pools, val, test = data_lib.load_splits(self.data)
+        return train_lib.train_and_evaluate(
+            program.get('get_triplet_msgs'),
+            train_lib.Splits(train=train_pools, val=val, test=test),
+            self.train, max_params=self.max_params, seed=seed)

@@ -1,0 +1,313 @@
+"""Training and scoring of a CLRS model with a candidate triplet function.
+
+The single-task recipe of Ibarz et al. 2022 (dm-clrs `examples/run.py`):
+hidden 128, Adam (lr 1e-3) after global-norm gradient clipping at 1.0,
+batch 32, the loss summed over outputs and hints, one training batch per
+step cycling through the training sizes, validation every `eval_every`
+steps, and the test split scored with the parameters of the best
+validation score. Losses and scores are masked, so padding graphs never
+count. Runs inside sandbox workers for generated programs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Mapping, Sequence
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from clrs_tasks import data as data_lib
+from clrs_tasks import metrics
+from clrs_tasks import model as model_lib
+from clrs_tasks import processors
+from evoprompting.tasks import base
+# The compile settings measured for MNIST-1D (see classifier_training): fast
+# compiles for init and evaluation, level 1 for the training step.
+from evoprompting.tasks.classifier_training import _FAST_COMPILE  # pylint: disable=protected-access
+from evoprompting.tasks.classifier_training import _TRAIN_COMPILE  # pylint: disable=protected-access
+from evoprompting.tasks.classifier_training import batch_order
+
+Status = base.Status
+_EPS = 1e-12
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How every model is trained; defaults are run.py's, except the budget.
+
+    Attributes:
+      num_steps: optimizer steps (the paper's search budget: 2,000).
+      batch_size: graphs per training batch.
+      learning_rate: Adam learning rate.
+      grad_clip_max_norm: global-norm clipping; 0 disables it.
+      eval_every: steps between validations (and at the last step).
+      eval_batch_size: graphs per validation/test batch (padded).
+      hidden_dim: H.
+      nb_triplet_fts: k, passed to the triplet function.
+      processor: a key of `processors.PROCESSORS`.
+      hint_teacher_forcing: see `model.EncodeProcessDecode`.
+    """
+
+    num_steps: int = 2000
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    grad_clip_max_norm: float = 1.0
+    eval_every: int = 50
+    eval_batch_size: int = 32
+    hidden_dim: int = 128
+    nb_triplet_fts: int = 8
+    processor: str = 'triplet_gmpnn'
+    hint_teacher_forcing: float = 0.0
+
+    def __post_init__(self):
+        for name in ('num_steps', 'batch_size', 'eval_every',
+                     'eval_batch_size', 'hidden_dim', 'nb_triplet_fts'):
+            if getattr(self, name) <= 0:
+                raise ValueError(f'TrainConfig.{name} must be positive')
+        if self.processor not in processors.PROCESSORS:
+            raise ValueError(f'unknown processor {self.processor!r}')
+
+
+def compile_once(fn: Any, *args: Any, options: Mapping[str, Any] | None = None
+                 ) -> Any:
+    """`jax.jit(fn)` compiled for `args`, by default with the fast settings.
+
+    For code that runs once or rarely (init, evaluation), where XLA's
+    optimisations cost more compile time than they save.
+    """
+    return jax.jit(fn).lower(*args).compile(
+        compiler_options=_FAST_COMPILE if options is None else options)
+
+
+class TrainState(flax.struct.PyTreeNode):
+    step: jax.Array
+    noise_key: jax.Array  # Step s uses fold_in(noise_key, s).
+    params: Any
+    opt_state: Any
+
+
+def _graph_weights(graph_mask: jax.Array, like: jax.Array,
+                   graph_axis: int = 0) -> jax.Array:
+    """graph_mask [G] as float, broadcast against `like` (graph axis given)."""
+    w = graph_mask.astype(jnp.float32)
+    shape = [1] * like.ndim
+    shape[graph_axis] = w.shape[0]
+    return jnp.broadcast_to(w.reshape(shape), like.shape)
+
+
+def _per_element_loss(typ: str, truth: jax.Array, pred: jax.Array,
+                      num_nodes: int) -> tuple[jax.Array, jax.Array]:
+    """(loss, validity) per element, as dm-clrs' losses compute them."""
+    if typ == 'scalar':
+        loss = (pred - truth) ** 2
+        return loss, jnp.ones_like(loss)
+    if typ == 'mask':
+        loss = (jnp.maximum(pred, 0) - pred * truth
+                + jnp.log1p(jnp.exp(-jnp.abs(pred))))
+        return loss, (truth != -1).astype(jnp.float32)
+    if typ in ('mask_one', 'categorical'):
+        masked = truth * (truth != -1)
+        loss = -jnp.sum(masked * jax.nn.log_softmax(pred), axis=-1)
+        return loss, jnp.any(truth == 1, axis=-1).astype(jnp.float32)
+    if typ == 'pointer':
+        loss = -jnp.sum(jax.nn.one_hot(truth, num_nodes)
+                        * jax.nn.log_softmax(pred), axis=-1)
+        return loss, jnp.ones_like(loss)
+    if typ == 'permutation_pointer':
+        loss = -jnp.sum(truth * pred, axis=-1)
+        return loss, jnp.ones_like(loss)
+    raise ValueError(f'no loss for type {typ!r}')
+
+
+def loss_fn(spec: model_lib.ModelSpec, batch: data_lib.GraphBatch,
+            output_preds: Mapping[str, jax.Array],
+            hint_preds: Mapping[str, jax.Array]) -> jax.Array:
+    """Sum of the output losses and the hint losses (dm-clrs' `_loss`).
+
+    Output losses average over real graphs' elements (mask_one and
+    categorical: per positive label); hint losses over the steps 1..T-1
+    before each graph's end.
+    """
+    n = batch.num_nodes
+    types = {name: typ for name, _, _, typ, _ in spec}
+    total = jnp.zeros(())
+    for name, (_, truth) in data_lib.to_dense(batch, 'output').items():
+        loss, valid = _per_element_loss(types[name], truth,
+                                        output_preds[name], n)
+        valid = valid * _graph_weights(batch.graph_mask, valid)
+        total += jnp.sum(loss * valid) / jnp.maximum(jnp.sum(valid), _EPS)
+    for name, (_, truth) in data_lib.to_dense(batch, 'hint').items():
+        steps = truth.shape[0] - 1
+        pred = hint_preds[name][:steps]
+        loss, valid = _per_element_loss(types[name], truth[1:], pred, n)
+        if types[name] == 'mask_one':
+            valid = jnp.ones_like(loss)  # dm-clrs: every row counts.
+        not_done = (batch.lengths[None] > jnp.arange(steps)[:, None] + 1)
+        not_done = not_done.reshape(not_done.shape + (1,) * (loss.ndim - 2))
+        valid = valid * not_done
+        total += jnp.sum(loss * valid) / jnp.maximum(jnp.sum(valid), _EPS)
+    return total
+
+
+@dataclasses.dataclass(frozen=True)
+class Splits:
+    """Training pools (one per size), validation and test sets."""
+
+    train: Sequence[data_lib.Dataset]
+    val: data_lib.Dataset
+    test: data_lib.Dataset
+
+
+def build_model(triplet_fn: Any, spec: model_lib.ModelSpec,
+                config: TrainConfig) -> model_lib.EncodeProcessDecode:
+    if triplet_fn is None:
+        raise base.ProgramFailure(
+            Status.BUILD_ERROR, 'the program defines no `get_triplet_msgs`')
+    if not callable(triplet_fn):
+        raise base.ProgramFailure(
+            Status.BUILD_ERROR,
+            f'`get_triplet_msgs` must be a function, got {triplet_fn!r}')
+    return model_lib.EncodeProcessDecode(
+        spec, processor_kind=config.processor, triplet_fn=triplet_fn,
+        nb_triplet_fts=config.nb_triplet_fts, hidden_dim=config.hidden_dim,
+        hint_teacher_forcing=config.hint_teacher_forcing)
+
+
+def _first_line(e: BaseException, limit: int = 300) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:limit] if text else ''
+
+
+def count_params(variables: Any) -> int:
+    return int(sum(np.prod(x.shape, dtype=np.int64)
+                   for x in jax.tree.leaves(variables['params'])))
+
+
+def _host_batch(dataset: data_lib.Dataset, rows: np.ndarray,
+                num_graphs: int) -> data_lib.GraphBatch:
+    with jax.default_device(jax.devices('cpu')[0]):
+        return jax.device_get(data_lib.make_batch(
+            dataset.arrays, dataset.spec, rows, num_graphs))
+
+
+def train_and_evaluate(triplet_fn: Any, splits: Splits, config: TrainConfig,
+                       *, max_params: int, seed: int) -> base.EvalResult:
+    """Trains the model with `triplet_fn`; returns an EvalResult (no hash).
+
+    Raises ProgramFailure for programs that do not build, are too large or
+    make the loss non-finite.
+    """
+    spec = model_lib.model_spec(splits.val)
+    module = build_model(triplet_fn, spec, config)
+    sample = _host_batch(splits.train[0], np.arange(config.batch_size)
+                         % splits.train[0].num_samples, config.batch_size)
+    t0 = time.perf_counter()
+    try:
+        variables = jax.eval_shape(
+            lambda k, b: module.init({'params': k, 'noise': k}, b,
+                                     train=False),
+            jax.eval_shape(jax.random.key, 0), sample)
+    except Exception as e:  # pylint: disable=broad-except
+        if base.is_out_of_memory(e):
+            raise base.ProgramFailure(Status.OOM, _first_line(e)) from None
+        raise base.ProgramFailure(
+            Status.BUILD_ERROR,
+            f'the model with this get_triplet_msgs failed: '
+            f'{type(e).__name__}: {_first_line(e)}') from None
+    num_params = count_params(variables)
+    if num_params > max_params:
+        raise base.ProgramFailure(
+            Status.TOO_LARGE,
+            f'{num_params:,} parameters exceed the cap of {max_params:,}')
+
+    if config.grad_clip_max_norm > 0:
+        tx = optax.chain(optax.clip_by_global_norm(config.grad_clip_max_norm),
+                         optax.scale_by_adam(),
+                         optax.scale(-config.learning_rate))
+    else:
+        tx = optax.adam(config.learning_rate)
+
+    compiled = {}
+
+    def run(name, fn, options, *args):
+        """fn(*args), compiled once per argument shapes with `options`."""
+        shapes = jax.tree.map(lambda x: (x.shape, x.dtype), args)
+        key = (name, jax.tree.structure(args), tuple(jax.tree.leaves(shapes)))
+        if key not in compiled:
+            compiled[key] = compile_once(fn, *args, options=options)
+        return compiled[key](*args)
+
+    def init(batch):
+        init_key, noise_key = jax.random.split(jax.random.key(seed))
+        params = module.init({'params': init_key, 'noise': noise_key}, batch,
+                             train=False)['params']
+        return TrainState(step=jnp.zeros((), jnp.int32), noise_key=noise_key,
+                          params=params, opt_state=tx.init(params))
+
+    def train_step(state, batch):
+        def loss_of(params):
+            outs, hints = module.apply(
+                {'params': params}, batch, train=True,
+                rngs={'noise': jax.random.fold_in(state.noise_key,
+                                                  state.step)})
+            return loss_fn(spec, batch, outs, hints)
+        loss, grads = jax.value_and_grad(loss_of)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        return state.replace(step=state.step + 1,
+                             params=optax.apply_updates(state.params, updates),
+                             opt_state=opt_state), loss
+
+    def predict(params, batch):
+        outs, _ = module.apply({'params': params}, batch, train=False)
+        return metrics.postprocess(spec, outs)
+
+    def evaluate(params, dataset):
+        preds = []
+        for rows in data_lib.eval_batches(dataset.num_samples,
+                                          config.eval_batch_size):
+            batch = _host_batch(dataset, rows, config.eval_batch_size)
+            out = jax.device_get(run('predict', predict, _FAST_COMPILE,
+                                     params, batch))
+            preds.append({k: v[:len(rows)] for k, v in out.items()})
+        stacked = {k: np.concatenate([p[k] for p in preds]) for k in preds[0]}
+        return metrics.score(spec, dataset.outputs, stacked)
+
+    sizes = len(splits.train)
+    orders = [batch_order(pool.num_samples, config.batch_size,
+                          -(-config.num_steps // sizes), seed + i)
+              for i, pool in enumerate(splits.train)]
+    state = run('init', init, _FAST_COMPILE, sample)
+    compile_s = time.perf_counter() - t0
+    best = {'score': -np.inf, 'step': 0, 'params': None}
+    val_history = []
+    for step in range(config.num_steps):
+        size = step % sizes
+        batch = _host_batch(splits.train[size], orders[size][step // sizes],
+                            config.batch_size)
+        state, loss = run('train', train_step, _TRAIN_COMPILE, state, batch)
+        last = step + 1 == config.num_steps
+        if (step + 1) % config.eval_every == 0 or last:
+            if not np.isfinite(float(loss)):
+                raise base.ProgramFailure(
+                    Status.NAN, f'non-finite training loss at step {step + 1}')
+            val = evaluate(state.params, splits.val)['score']
+            val_history.append(val)
+            if val > best['score']:
+                best = {'score': val, 'step': step + 1,
+                        'params': jax.device_get(state.params)}
+    test = evaluate(best['params'], splits.test)
+    total_s = time.perf_counter() - t0
+    return base.EvalResult(
+        status=Status.OK,
+        message=(f'val score {best["score"]:.4f} at step {best["step"]}, '
+                 f'test (n={splits.test.num_nodes}) {test["score"]:.4f}'),
+        source_sha256='', params=num_params,
+        metrics={'val_score': float(best['score']),
+                 'test_score': float(test['score']),
+                 'best_step': float(best['step'])},
+        compile_s=compile_s, train_s=total_s - compile_s)

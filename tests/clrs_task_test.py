@@ -1,0 +1,56 @@
+"""clrs_tasks.task: the Task protocol for CLRS-30."""
+
+import pytest
+
+from clrs_tasks import data
+from clrs_tasks import task as task_lib
+from clrs_tasks import train
+from evoprompting.tasks import base
+
+
+def _task(tmp_path):
+    return task_lib.ClrsTask(
+        data=data.DataConfig(algorithm='bfs', train_count=8, val_count=4,
+                             test_count=4, test_size=8,
+                             cache_dir=str(tmp_path)),
+        train=train.TrainConfig(num_steps=2, eval_every=1, batch_size=4,
+                                hidden_dim=8))
+
+
+def test_spec_round_trip_and_protocol(tmp_path):
+    task = _task(tmp_path)
+    assert base.task_from_spec(base.task_to_spec(task)) == task
+    assert [s.name for s in task.seed_programs()][0] == 'v1_standard'
+    assert len(task.seed_programs()) == 9
+    assert 'get_triplet_msgs(z, edge_fts, graph_fts' in task.contract
+    assert task.objectives[0] == 'val_score'
+
+
+def _namespace(task, source):
+    namespace = {}
+    exec(task.preamble + source, namespace)  # pylint: disable=exec-used
+    return namespace
+
+
+@pytest.mark.parametrize('source,message', [
+    ('x = 1\n', 'defines no `get_triplet_msgs`'),
+    ('get_triplet_msgs = 3\n', 'must be a function'),
+    ('def get_triplet_msgs(z, e, g, k, out):\n    return z @ z\n',
+     'failed: TypeError'),
+    ('def get_triplet_msgs(z, e, g, k, out):\n    return nn.Dense(out)(z)\n',
+     'edge messages of shape'),
+])
+def test_broken_programs_are_build_errors(tmp_path, source, message):
+    task = _task(tmp_path)
+    with pytest.raises(base.ProgramFailure, match=message) as info:
+        task.run_program(_namespace(task, source), seed=0)
+    assert info.value.status == base.Status.BUILD_ERROR
+
+
+def test_too_large_before_training(tmp_path):
+    task = _task(tmp_path)
+    task = task_lib.ClrsTask(data=task.data, train=task.train, max_params=10)
+    source = task.seed_programs()[0].source
+    with pytest.raises(base.ProgramFailure, match='exceed the cap') as info:
+        task.run_program(_namespace(task, source), seed=0)
+    assert info.value.status == base.Status.TOO_LARGE
