@@ -12,7 +12,12 @@ operators act on that body and on the literal arguments of layer calls:
   * `delete`: drop one statement of `__call__` that is not the return;
   * `crossover`: the first part of one parent's `__call__` body followed by
     the rest of the other's (one-point crossover on statements); helpers come
-    from the first parent, class fields from both.
+    from the first parent, class fields from both;
+  * `splice`: one statement of another program's `__call__` inserted into
+    this one's (a layer borrowed from the other parent);
+  * `reroll`: every integer literal of the layer calls and class fields
+    drawn afresh (widths, kernels, strides, windows), and optionally every
+    activation, which makes unusual variants of a program.
 
 The results are only syntactically valid: they may not build. Like LM
 children, they go through the sandbox, which says so. All randomness comes
@@ -29,6 +34,10 @@ import numpy as np
 
 ACTIVATIONS = ('relu', 'gelu', 'silu', 'tanh', 'elu', 'sigmoid', 'swish')
 SCALES = (0.25, 0.5, 0.75, 1.5, 2.0, 3.0)
+# `reroll` ranges (inclusive) by keyword; every other integer is a width.
+SMALL_INTS = {'kernel_size': (1, 11), 'window_shape': (1, 4), 'strides': (1, 3),
+              'padding': (0, 3), 'kernel_dilation': (1, 3), 'nlayer': (1, 4)}
+WIDTHS = (3, 300)
 
 
 class NotAModel(ValueError):
@@ -63,6 +72,28 @@ def _int_constants(fn: ast.FunctionDef) -> list[ast.Constant]:
             items = value.elts if isinstance(value, (ast.Tuple, ast.List)) else [value]
             found += [c for c in items if isinstance(c, ast.Constant)
                       and type(c.value) is int and c.value > 0]
+    return found
+
+
+def _int_sites(tree: ast.Module, fn: ast.FunctionDef
+               ) -> list[tuple[ast.Constant, str]]:
+    """Positive int literals of `fn`'s call keywords and of the Model class
+    fields, each with its keyword or field name ('' for positional)."""
+    found = []
+    for call in ast.walk(fn):
+        if not isinstance(call, ast.Call):
+            continue
+        named = [('', a) for a in call.args] + [(k.arg or '', k.value)
+                                              for k in call.keywords]
+        for name, value in named:
+            items = value.elts if isinstance(value, (ast.Tuple, ast.List)) else [value]
+            found += [(c, name) for c in items if isinstance(c, ast.Constant)
+                      and type(c.value) is int and c.value > 0]
+    _, fields = _class_fields(tree)
+    for name, field in fields.items():
+        if (isinstance(field.value, ast.Constant) and type(field.value.value) is int
+                and field.value.value > 0):
+            found.append((field.value, name))
     return found
 
 
@@ -135,6 +166,53 @@ def mutate(source: str, rng: np.random.Generator) -> tuple[str, str]:
         if MUTATIONS[name](tree, fn, rng):
             return ast.unparse(ast.fix_missing_locations(tree)) + '\n', str(name)
     raise NotAModel('no mutation applies')
+
+
+def splice(first: str, second: str, rng: np.random.Generator) -> str:
+    """`first` with one statement of `second`'s `__call__` (not its return)
+    inserted at a random place before `first`'s return.
+
+    Raises:
+      NotAModel: either source is not a model, or `second` has no statement
+        to give.
+    """
+    tree, fn_a = _parse(first)
+    _, fn_b = _parse(second)
+    donors = _body_statements(fn_b)
+    if not donors:
+        raise NotAModel('the second program has no statement to give')
+    statement = copy.deepcopy(fn_b.body[donors[rng.integers(len(donors))]])
+    places = [i for i, s in enumerate(fn_a.body) if not isinstance(s, ast.Return)]
+    at = int(rng.integers(0, len(places) + 1))
+    fn_a.body.insert(places[at - 1] + 1 if at else 0, statement)
+    return ast.unparse(ast.fix_missing_locations(tree)) + '\n'
+
+
+def reroll(source: str, rng: np.random.Generator, *,
+           activations: bool = True) -> str:
+    """Every integer literal of the layer calls and class fields redrawn
+    uniformly: from `SMALL_INTS[keyword]` if its keyword is there, else from
+    `WIDTHS`, except the classifier's output width (a literal 10 in the last
+    call that has one) and 1-element literals of positional arguments. With
+    `activations`, every activation is redrawn from `ACTIVATIONS` too.
+
+    Raises:
+      NotAModel: the source has no `class Model` with `__call__`.
+    """
+    tree, fn = _parse(source)
+    sites = _int_sites(tree, fn)
+    outputs = [c for c, name in sites if c.value == 10 and name == 'features']
+    keep = {id(outputs[-1])} if outputs else set()
+    for node, name in sites:
+        if id(node) in keep or name == '':
+            continue
+        low, high = SMALL_INTS.get(name, WIDTHS)
+        node.value = int(rng.integers(low, high + 1))
+    if activations:
+        for node in _activations(fn):
+            node.attr = ACTIVATIONS[rng.integers(len(ACTIVATIONS))]
+            node.value.id = 'nn'
+    return ast.unparse(ast.fix_missing_locations(tree)) + '\n'
 
 
 def _class_fields(tree: ast.Module) -> tuple[ast.ClassDef, dict[str, ast.stmt]]:

@@ -64,3 +64,26 @@ def test_not_a_model():
         mutation.mutate('x = 1\n', np.random.default_rng(0))
     with pytest.raises(mutation.NotAModel):
         mutation.mutate('def (', np.random.default_rng(0))
+
+
+def test_reroll_redraws_widths_kernels_and_activations_but_not_the_output():
+    rng = np.random.default_rng(0)
+    variants = [mutation.reroll(SEEDS['greydanus_cnn'], rng) for _ in range(10)]
+    assert len(set(variants)) == 10
+    for source in variants:
+        assert 'nn.Dense(features=10)' in source
+        assert validator.validate(source) is None
+    assert sum(builds(s) for s in variants) >= 5
+    kept = mutation.reroll(SEEDS['mlp'], rng, activations=False)
+    assert kept.count('nn.relu') == SEEDS['mlp'].count('nn.relu')
+
+
+def test_splice_borrows_a_statement_of_the_other_program():
+    rng = np.random.default_rng(0)
+    child = mutation.splice(SEEDS['mlp'], SEEDS['greydanus_cnn'], rng)
+    donor_lines = {l.strip() for l in SEEDS['greydanus_cnn'].splitlines()}
+    own_lines = {l.strip() for l in SEEDS['mlp'].splitlines()}
+    added = [l.strip() for l in child.splitlines()
+             if l.strip() and l.strip() not in own_lines]
+    assert len(added) == 1 and added[0] in donor_lines
+    assert child.rstrip().endswith('return x')
