@@ -32,7 +32,9 @@ def probe(*, task, limits, worker_config, num_workers):
 METHOD_FILES = {'gin/search/evoprompting.gin': 'evoprompting',
                 'gin/search/no_prompt_tuning.gin': 'no_prompt_tuning',
                 'gin/search/random_parents.gin': 'random_parents',
-                'gin/search/naive_few_shot.gin': 'naive_few_shot'}
+                'gin/search/naive_few_shot.gin': 'naive_few_shot',
+                'gin/search/regularized_evolution.gin': 'regularized_evolution',
+                'gin/search/random_search.gin': 'random_search'}
 OTHER_FILES = {'gin/devices/cpu.gin', 'gin/lm/tiny_random.gin'}
 
 

@@ -1,0 +1,250 @@
+r"""EvoPrompting against its baselines and ablations on MNIST-1D (issue 5, section 6).
+
+  python benchmarks/search_mnist1d.py [--budget_gin=gin/mnist1d/quick.gin]
+      [--seeds=0,1,2] [--methods=evoprompting,no_prompt_tuning,...]
+      [--workdir_root=DIR] [--gin_file=MORE.gin ...] [--gin_bindings=...]
+      [--dry_run]
+
+Every method runs once per search seed, each run a subprocess
+
+  python -m evoprompting.main --gin_file=BUDGET [--gin_file=gin/search/M.gin]
+      [--gin_file=MORE.gin ...] [--gin_bindings=...] \
+      --gin_bindings='SEARCH_SEED = S' --workdir=DIR/M/seed_S
+
+one at a time, its output appended to DIR/M/seed_S/benchmark.log. Methods:
+`evoprompting` (the budget file's default method) and the method files
+gin/search/{no_prompt_tuning, random_parents, naive_few_shot,
+regularized_evolution, random_search}.gin. Every one spends the budget file's
+sample budget (ROUNDS x CHILDREN_PER_ROUND children); the table shows the
+children each run sampled, so a mismatch is visible.
+
+Resumable: a run whose workdir records every round complete, started by the
+same command, is skipped; any other is (re)started with the same command, and
+`evoprompting.main` resumes it, or refuses a workdir of another configuration.
+
+Then, from the workdirs (`evoprompting.report.load_run`, the round statistics
+of `evoprompting.summaries`), it prints per method the mean +- std over seeds
+of the final hypervolume (of the Pareto front of everything the run
+evaluated, seeds included, in test error x log10 params up to the budget's
+reference point) and of the best fitness, and in how many runs the
+best child by fitness Pareto-dominates the Greydanus CNN seed (lower or equal
+test error and parameters, one of them lower). It writes the combined report
+with `python -m evoprompting.report` to DIR/report, and ends with one SUMMARY
+line. Exits non-zero when a run failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Sequence
+
+import numpy as np
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+
+from evoprompting import report, search, selection, store, summaries  # pylint: disable=g-import-not-at-top,wrong-import-position
+import seeds  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+# Method -> the gin files it adds after the budget file.
+METHODS = {
+    'evoprompting': (),
+    'no_prompt_tuning': ('gin/search/no_prompt_tuning.gin',),
+    'random_parents': ('gin/search/random_parents.gin',),
+    'naive_few_shot': ('gin/search/naive_few_shot.gin',),
+    'regularized_evolution': ('gin/search/regularized_evolution.gin',),
+    'random_search': ('gin/search/random_search.gin',),
+}
+REFERENCE_SEED = 'greydanus_cnn'
+COMMAND_FILE = 'benchmark_command.json'
+LOG_FILE = 'benchmark.log'
+
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    # argparse, not absl: evoprompting.report defines absl flags of its own
+    # (a required --out) that this script must not inherit.
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--budget_gin', default='gin/mnist1d/quick.gin',
+                        help='The budget file every run starts from.')
+    parser.add_argument('--seeds', default='0,1,2',
+                        help='Comma-separated search seeds (SEARCH_SEED).')
+    parser.add_argument('--methods', default=','.join(METHODS),
+                        help='Comma-separated methods, of: ' + ', '.join(METHODS))
+    parser.add_argument('--workdir_root',
+                        default=os.path.join(tempfile.gettempdir(), 'search_mnist1d'),
+                        help='Runs go to ROOT/<method>/seed_<s>, the report to '
+                        'ROOT/report.')
+    parser.add_argument('--gin_file', action='append', default=[],
+                        help='More gin files for every run, after the method '
+                        'file (e.g. gin/lm/tiny_random.gin); repeatable.')
+    parser.add_argument('--gin_bindings', action='append', default=[],
+                        help='Gin bindings for every run; repeatable.')
+    parser.add_argument('--dry_run', action='store_true',
+                        help='Print the commands and exit.')
+    args = parser.parse_args(argv)
+    args.methods = [m for m in args.methods.split(',') if m]
+    unknown = [m for m in args.methods if m not in METHODS]
+    if unknown:
+        parser.error(f'unknown methods {unknown}; known: {list(METHODS)}')
+    try:
+        args.seeds = [int(v) for v in args.seeds.split(',') if v]
+    except ValueError:
+        parser.error(f'--seeds must be comma-separated integers, got {args.seeds!r}')
+    if not args.methods or not args.seeds:
+        parser.error('give at least one method and one seed')
+    return args
+
+
+def command(args: argparse.Namespace, method: str, seed: int,
+            workdir: str) -> list[str]:
+    """The `evoprompting.main` command of one run."""
+    files = [args.budget_gin, *METHODS[method], *args.gin_file]
+    return [sys.executable, '-m', 'evoprompting.main',
+            *(f'--gin_file={f}' for f in files),
+            *(f'--gin_bindings={b}' for b in args.gin_bindings),
+            f'--gin_bindings=SEARCH_SEED = {seed}', f'--workdir={workdir}']
+
+
+def is_complete(workdir: str, argv: Sequence[str]) -> bool:
+    """Whether `workdir` holds a finished run started by `argv`."""
+    try:
+        with open(os.path.join(workdir, COMMAND_FILE), encoding='utf-8') as f:
+            if json.load(f) != list(argv[1:]):
+                return False
+        with open(os.path.join(workdir, search.SEARCH_CONFIG_FILE),
+                  encoding='utf-8') as f:
+            num_rounds = json.load(f)['num_rounds']
+    except (OSError, ValueError, KeyError):
+        return False
+    state = store.read_state(workdir) or {}
+    return state.get('completed_rounds', 0) >= num_rounds
+
+
+def run_one(argv: Sequence[str], method: str, seed: int, workdir: str) -> bool:
+    """Runs (or resumes, or skips) the search `argv`; whether it completed."""
+    if is_complete(workdir, argv):
+        print(f'{method} seed {seed}: complete, skipped', flush=True)
+        return True
+    os.makedirs(workdir, exist_ok=True)
+    print(f'{method} seed {seed}: running, log {os.path.join(workdir, LOG_FILE)}',
+          flush=True)
+    start = time.monotonic()
+    with open(os.path.join(workdir, LOG_FILE), 'a', encoding='utf-8') as log:
+        log.write(f'\n$ {shlex.join(argv)}\n')
+        log.flush()
+        code = subprocess.run(list(argv), cwd=REPO_ROOT, stdout=log,
+                              stderr=subprocess.STDOUT, check=False).returncode
+    minutes = (time.monotonic() - start) / 60
+    if code != 0:
+        print(f'{method} seed {seed}: FAILED (exit {code}) after {minutes:.1f} '
+              f'min; see the log', flush=True)
+        return False
+    with open(os.path.join(workdir, COMMAND_FILE), 'w', encoding='utf-8') as f:
+        json.dump(argv[1:], f, indent=1)
+    print(f'{method} seed {seed}: done in {minutes:.1f} min', flush=True)
+    return True
+
+
+def dominates_reference(run: report.Run, reference_source: str) -> bool | None:
+    """Whether the run's best child by fitness Pareto-dominates the seed with
+    `reference_source` in (test error, log10 params); None if that seed or no
+    child was scored."""
+    best = summaries.best_candidates(run.children, 1, alpha=run.alpha)
+    seed = [c for c in run.seeds if c.source == reference_source]
+    if not best or not seed:
+        return None
+    b, s = summaries.error_size_point(best[0]), summaries.error_size_point(seed[0])
+    if b is None or s is None:
+        return None
+    # The seed is off the two-point front exactly when the child dominates it.
+    return 0 not in selection.pareto_front([s, b])
+
+
+def table(groups: dict[str, list[report.Run]], reference_source: str) -> list[str]:
+    mean_std = report._mean_std  # pylint: disable=protected-access
+    lines = [f'{"method":<22} {"runs":>4} {"children":>10} '
+             f'{"final hypervolume":>19} {"best fitness":>22} '
+             f'{"best dominates " + REFERENCE_SEED:>29}']
+    lines.append('-' * len(lines[0]))
+    for method, runs in groups.items():
+        finals = [run.stats[-1] for run in runs]
+        children = sorted({len(run.children) for run in runs})
+        verdicts = [dominates_reference(run, reference_source) for run in runs]
+        dominated = (f'{sum(v is True for v in verdicts)}/{len(runs)} runs'
+                     + (f' ({sum(v is None for v in verdicts)} n/a)'
+                        if None in verdicts else ''))
+        lines.append(
+            f'{method:<22} {len(runs):>4} {",".join(map(str, children)):>10} '
+            f'{mean_std([s.hypervolume_test for s in finals], ".4f"):>19} '
+            f'{mean_std([s.best_fitness for s in finals], ",.1f"):>22} '
+            f'{dominated:>29}')
+    return lines
+
+
+def summary_line(groups: dict[str, list[report.Run]], budget_gin: str,
+                 failed: int) -> str:
+    hv = {m: float(np.mean([r.stats[-1].hypervolume_test for r in runs]))
+          for m, runs in groups.items()}
+    parts = [f'{m} {v:.4f}' for m, v in sorted(hv.items(), key=lambda kv: -kv[1])]
+    seeds_per = sorted({len(runs) for runs in groups.values()})
+    children = sorted({len(r.children) for runs in groups.values() for r in runs})
+    return (f'SUMMARY search_mnist1d {os.path.basename(budget_gin)}, '
+            f'{"/".join(map(str, seeds_per))} seeds per method, '
+            f'{"/".join(map(str, children))} children per run: mean final '
+            f'hypervolume {", ".join(parts)}; best: {max(hv, key=hv.get)}'
+            + (f'; {failed} runs FAILED' if failed else ''))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    root = os.path.abspath(args.workdir_root)
+    plan = [(m, s, os.path.join(root, m, f'seed_{s}'))
+            for m in args.methods for s in args.seeds]
+    if args.dry_run:
+        for m, s, workdir in plan:
+            print(shlex.join(command(args, m, s, workdir)))
+        return
+
+    failed = [(m, s) for m, s, workdir in plan
+              if not run_one(command(args, m, s, workdir), m, s, workdir)]
+    done = [workdir for m, s, workdir in plan if (m, s) not in failed]
+    if not done:
+        sys.exit('every run failed; see their benchmark.log')
+    runs = [report.load_run(w) for w in done]
+    groups: dict[str, list[report.Run]] = {}
+    for run in runs:
+        groups.setdefault(run.method, []).append(run)
+    reference_source = dict(seeds.read_seeds('mnist1d'))[REFERENCE_SEED]
+
+    out = os.path.join(root, 'report')
+    made = subprocess.run([sys.executable, '-m', 'evoprompting.report',
+                           f'--out={out}', *done], cwd=REPO_ROOT,
+                          capture_output=True, text=True, check=False)
+    print()
+    print('\n'.join(table(groups, reference_source)))
+    print(f'\nHypervolume: of the final Pareto front of (test error, log10 '
+          f'params), reference {list(runs[0].reference)}; best fitness: '
+          '-(params x val error); mean ± std over seeds.')
+    if made.returncode == 0:
+        print(f'Report: {os.path.join(out, report.REPORT_FILE)}')
+    else:
+        print(f'The report failed: {made.stderr.strip()[-2000:]}')
+    for m, s in failed:
+        print(f'FAILED: {m} seed {s}')
+    print(summary_line(groups, args.budget_gin, len(failed)))
+    if failed or made.returncode != 0:
+        sys.exit(1)
+
+
+if __name__ == '__main__':
+    main()
