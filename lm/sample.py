@@ -3,9 +3,12 @@ r"""Prints samples from a language model.
   python -m lm.sample --checkpoint=PATH --prompt_file=F [--num_samples=4] \
       [--temperature=0.8] [--max_new_tokens=256] [--seed=0]
 
-PATH is a Hugging Face checkpoint folder (config.json, *.safetensors,
-tokenizer.json) of the Llama/Qwen2 family. The embedded default model comes
-with the pretraining work (issue 4) and is not available yet.
+PATH is `default` (the embedded default model, `lm.serving.load_default`),
+a folder exported by `python -m lm.pretrain` (config.json,
+params.safetensors, tokenizer.json), or a Hugging Face checkpoint folder
+(config.json, *.safetensors, tokenizer.json) of the Llama/Qwen2 family.
+Samples are cut at the model's stored stop strings (the default model's:
+the start of another metrics header).
 """
 
 from __future__ import annotations
@@ -16,10 +19,11 @@ import sys
 from absl import app, flags
 import jax
 
-from lm import checkpoints
+from lm import checkpoints, serving
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('checkpoint', None, 'Hugging Face checkpoint folder.')
+flags.DEFINE_string('checkpoint', None, "'default', an lm.pretrain export "
+                    'folder or a Hugging Face checkpoint folder.')
 flags.DEFINE_string('prompt_file', None, 'File whose whole text is the prompt.')
 flags.DEFINE_integer('num_samples', 4, 'Samples to draw.')
 flags.DEFINE_float('temperature', 0.8, 'Sampling temperature; 0 = greedy.')
@@ -31,13 +35,20 @@ flags.mark_flags_as_required(['checkpoint', 'prompt_file'])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-    for flag in ('checkpoint', 'prompt_file'):
+    flags_to_check = ['prompt_file'] + (['checkpoint'] if FLAGS.checkpoint != 'default'
+                                        else [])
+    for flag in flags_to_check:
         if not os.path.exists(getattr(FLAGS, flag)):
             sys.exit(f'error: --{flag} not found: {getattr(FLAGS, flag)}')
     with open(FLAGS.prompt_file, encoding='utf-8') as f:
         prompt = f.read()
     try:
-        lm = checkpoints.load_hf(FLAGS.checkpoint)
+        if FLAGS.checkpoint == 'default':
+            lm = serving.load_default()
+        elif os.path.isfile(os.path.join(FLAGS.checkpoint, 'params.safetensors')):
+            lm = checkpoints.load_exported(FLAGS.checkpoint)
+        else:
+            lm = checkpoints.load_hf(FLAGS.checkpoint)
     except (FileNotFoundError, ValueError) as e:
         sys.exit(f'error: {e}')
     samples = lm.generate([prompt], num_samples=FLAGS.num_samples,

@@ -29,6 +29,10 @@ after top-k / top-p filtering (in that order, as Hugging Face does); a row
 with temperature 0 takes the argmax (greedy). Each step's key is
 `fold_in(rng, step)`; the key is a required argument.
 
+Token bias: an optional `[B, V]` array added to every step's logits before
+temperature and filtering (e.g. a bonus for the tokens of the row's prompt,
+which makes a small model copy from its prompt; `LanguageModel` builds it).
+
 Stopping: a row stops after emitting `eos_id` and emits `pad_id` thereafter;
 the loop ends when every row has stopped or after `max_new_tokens`. Stop
 strings are applied on the host after detokenisation
@@ -241,7 +245,8 @@ class _LoopState:
 
 def decode_loop(decode_fn: DecodeFn, cache: Any, first_logits: jax.Array,
                 first_positions: jax.Array, *, config: SamplingConfig,
-                temperatures: jax.Array, rng: jax.Array) -> SampleOutput:
+                temperatures: jax.Array, rng: jax.Array,
+                token_bias: jax.Array | None = None) -> SampleOutput:
     """Samples up to `config.max_new_tokens` per row with `lax.while_loop`.
 
     Model-agnostic: `decode_fn` appends one token per row to the cache (it
@@ -256,6 +261,7 @@ def decode_loop(decode_fn: DecodeFn, cache: Any, first_logits: jax.Array,
       config: the sampling strategy.
       temperatures: `[B]` per-row temperature; 0 = greedy.
       rng: PRNG key; step s uses `fold_in(rng, s)`.
+      token_bias: optional `[B, V]` added to the logits of every step.
     """
     batch = first_logits.shape[0]
     width = config.max_new_tokens
@@ -265,7 +271,8 @@ def decode_loop(decode_fn: DecodeFn, cache: Any, first_logits: jax.Array,
 
     def body(state: _LoopState) -> _LoopState:
         key = jax.random.fold_in(rng, state.step)
-        token = sample_from_logits(state.logits, key, temperatures,
+        logits = state.logits if token_bias is None else state.logits + token_bias
+        token = sample_from_logits(logits, key, temperatures,
                                    top_k=config.top_k, top_p=config.top_p)
         token = jnp.where(state.finished, config.pad_id, token)
         is_eos = ~state.finished & (token == config.eos_id)
@@ -298,7 +305,8 @@ def decode_loop(decode_fn: DecodeFn, cache: Any, first_logits: jax.Array,
 def sample(model: model_lib.Transformer, params: Any, prompt_tokens: jax.Array,
            prompt_mask: jax.Array, *, config: SamplingConfig,
            temperatures: jax.Array, rng: jax.Array,
-           soft_prompt: jax.Array | None = None) -> SampleOutput:
+           soft_prompt: jax.Array | None = None,
+           token_bias: jax.Array | None = None) -> SampleOutput:
     """Samples continuations of left-padded prompts (one jitted program).
 
     Args:
@@ -310,6 +318,7 @@ def sample(model: model_lib.Transformer, params: Any, prompt_tokens: jax.Array,
       temperatures: `[B]` float per-row temperatures; 0 = greedy.
       rng: PRNG key (required; never invented here).
       soft_prompt: optional `[P, embed]` or `[1 or B, P, embed]` prefix.
+      token_bias: optional `[B, vocab]` float added to every step's logits.
 
     Returns:
       `SampleOutput` with `[B, max_new_tokens]` tokens.
@@ -349,5 +358,9 @@ def sample(model: model_lib.Transformer, params: Any, prompt_tokens: jax.Array,
                            method=model_lib.Transformer.decode)
 
     first_positions = prefix_length + jnp.sum(mask, axis=1)
+    if token_bias is not None and token_bias.shape != (batch, logits.shape[-1]):
+        raise ValueError(f'token_bias must be [{batch}, {logits.shape[-1]}], got '
+                         f'{token_bias.shape}')
     return decode_loop(decode_fn, cache, logits[:, -1], first_positions,
-                       config=config, temperatures=temperatures, rng=rng)
+                       config=config, temperatures=temperatures, rng=rng,
+                       token_bias=token_bias)

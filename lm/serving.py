@@ -19,12 +19,16 @@ Every jitted call runs inside `partitioning.activate(mesh, rules)`.
 
 Randomness: batch j samples with `fold_in(rng, j)`. A row's sample depends on
 the batch it lands in (the sampler draws one key per step for the batch).
+
+`load_default()` serves the embedded default model (`lm/default/`, trained
+by `python -m lm.pretrain`, see lm/README.md).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from typing import Any, Sequence
 
 import jax
@@ -34,6 +38,10 @@ import numpy as np
 from lm import model as model_lib
 from lm import partitioning, prompt_tuning, sampler
 from lm import vocab as vocab_lib
+
+
+DEFAULT_MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                 'default')
 
 
 @functools.partial(jax.jit, static_argnames=('model',))
@@ -55,6 +63,10 @@ class LanguageModel:
       batch_size: rows per sampling call.
       stop_strings: samples are cut before the first of these.
       top_k, top_p: sampling filters (0 and 1.0 disable them).
+      prompt_token_bias: added to the logits of every token id that occurs
+        in the row's prompt (0 disables it): a copy prior that makes a small
+        model reuse what its prompt shows (names, numbers) over what it
+        recalls from training.
       tuning: soft-prompt tuning settings used by `tune`.
     """
 
@@ -67,6 +79,7 @@ class LanguageModel:
     stop_strings: tuple[str, ...] = ()
     top_k: int = 0
     top_p: float = 1.0
+    prompt_token_bias: float = 0.0
     tuning: prompt_tuning.TuningConfig = prompt_tuning.TuningConfig()
 
     @classmethod
@@ -109,12 +122,18 @@ class LanguageModel:
             filled = chunk + [(chunk[0][0], 0.0)] * (self.batch_size - len(chunk))
             batch = sampler.pad_prompts([encoded[p] for p, _ in filled],
                                         pad_id=self.vocab.pad_id, max_length=room)
+            bias = None
+            if self.prompt_token_bias:
+                bias = np.zeros((len(filled), self.config.vocab_size), np.float32)
+                for row, (p, _) in enumerate(filled):
+                    bias[row, np.unique(encoded[p])] = self.prompt_token_bias
             with partitioning.activate(self.mesh, self.rules):
                 out = sampler.sample(
                     self.model, self.params, batch.tokens, batch.mask,
                     config=config,
                     temperatures=jnp.asarray([t for _, t in filled], jnp.float32),
-                    rng=jax.random.fold_in(rng, j), soft_prompt=soft_prompt)
+                    rng=jax.random.fold_in(rng, j), soft_prompt=soft_prompt,
+                    token_bias=bias)
             tokens, lengths = jax.device_get((out.tokens, out.lengths))
             for row in range(len(chunk)):
                 text = self.vocab.decode(tokens[row, :lengths[row]])
@@ -154,3 +173,17 @@ class LanguageModel:
             return prompt_tuning.tune(
                 soft_prompt, self.params, encoded, model_config=self.config,
                 config=self.tuning, pad_id=self.vocab.pad_id, rng=rng)
+
+
+def load_default(*, mesh: jax.sharding.Mesh | None = None,
+                 **options) -> LanguageModel:
+    """The embedded default model (package data in `lm/default/`), served.
+
+    Its stored options apply (stop strings at the start of another example
+    header), unless `options` (LanguageModel fields) override them.
+
+    Raises:
+      FileNotFoundError: the package was installed without the model files.
+    """
+    from lm import checkpoints  # pylint: disable=g-import-not-at-top  (imports this module)
+    return checkpoints.load_exported(DEFAULT_MODEL_DIR, mesh=mesh, **options)

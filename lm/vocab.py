@@ -112,13 +112,22 @@ class TokenizerVocabulary:
 
 def train_byte_level_bpe(texts: Iterable[str], *, vocab_size: int,
                          special_tokens: Sequence[str] = ('<pad>', '<eos>'),
-                         min_frequency: int = 2) -> TokenizerVocabulary:
+                         min_frequency: int = 2,
+                         whole_tokens: Sequence[str] = ()) -> TokenizerVocabulary:
     """Trains a byte-level BPE tokenizer (lossless on any text) offline.
 
     The first two special tokens are PAD and EOS, with ids 0 and 1.
+    `whole_tokens` (e.g. the numbers '0'..'300') become single, non-special
+    tokens after the BPE ones: text is split at their (longest, leftmost)
+    occurrences before BPE runs, so '137' is one token and '4317' is
+    '43' + '17'. The vocabulary has at most `vocab_size` tokens in all.
     """
     if len(special_tokens) < 2:
         raise ValueError('special_tokens must name at least PAD and EOS')
+    whole_tokens = list(dict.fromkeys(whole_tokens))
+    vocab_size -= len(whole_tokens)
+    if vocab_size <= len(special_tokens) + 256:
+        raise ValueError('vocab_size leaves no room for the byte alphabet')
     tokenizer = tokenizers.Tokenizer(tokenizers.models.BPE())
     tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(
         add_prefix_space=False)
@@ -129,6 +138,8 @@ def train_byte_level_bpe(texts: Iterable[str], *, vocab_size: int,
         initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False)
     tokenizer.train_from_iterator(texts, trainer=trainer)
+    tokenizer.add_tokens([tokenizers.AddedToken(t, normalized=False)
+                          for t in whole_tokens])
     return TokenizerVocabulary(tokenizer, pad_token=special_tokens[0],
                                eos_token=special_tokens[1])
 

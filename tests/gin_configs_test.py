@@ -8,11 +8,19 @@ import pytest
 
 from evoprompting import gin_utils
 from evoprompting.sandbox import pool
+from clrs_tasks import task as clrs_task
 from evoprompting.tasks import mnist1d
 
 GIN_DIR = os.path.join(gin_utils.REPO_ROOT, 'gin')
-RUN_FILES = {'gin/mnist1d/base.gin': 8000, 'gin/mnist1d/paper.gin': 8000,
-             'gin/mnist1d/quick.gin': 1000}
+# Run files: the task they build, its (num_steps, learning_rate, batch_size).
+RUN_FILES = {
+    'gin/mnist1d/base.gin': (mnist1d.Mnist1dTask, (8000, 0.01, 128)),
+    'gin/mnist1d/paper.gin': (mnist1d.Mnist1dTask, (8000, 0.01, 128)),
+    'gin/mnist1d/quick.gin': (mnist1d.Mnist1dTask, (1000, 0.01, 128)),
+    'gin/clrs/base.gin': (clrs_task.ClrsTask, (2000, 0.001, 32)),
+    'gin/clrs/paper.gin': (clrs_task.ClrsTask, (2000, 0.001, 32)),
+    'gin/clrs/quick.gin': (clrs_task.ClrsTask, (100, 0.001, 16)),
+}
 PROBE = '''
 from __gin__ import dynamic_registration
 import gin_configs_test
@@ -36,13 +44,31 @@ METHOD_FILES = {'gin/search/evoprompting.gin': 'evoprompting',
                 'gin/search/regularized_evolution.gin': 'regularized_evolution',
                 'gin/search/random_search.gin': 'random_search'}
 OTHER_FILES = {'gin/devices/cpu.gin', 'gin/lm/tiny_random.gin'}
+# lm.pretrain runs: (num_steps, model embed_dim).
+PRETRAIN_FILES = {'gin/lm/pretrain_default.gin': (450, 128),
+                  'gin/lm/pretrain_tiny.gin': (6, 32)}
 
 
 def test_every_gin_file_is_covered():
     shipped = {os.path.relpath(p, gin_utils.REPO_ROOT)
                for p in glob.glob(os.path.join(GIN_DIR, '**', '*.gin'),
                                   recursive=True)}
-    assert shipped == set(RUN_FILES) | set(METHOD_FILES) | OTHER_FILES
+    assert shipped == (set(RUN_FILES) | set(METHOD_FILES) | OTHER_FILES
+                       | set(PRETRAIN_FILES))
+
+
+@pytest.mark.parametrize('path', sorted(PRETRAIN_FILES))
+def test_pretrain_files_bind_the_whole_run(path):
+    from lm import model, pretrain  # pylint: disable=g-import-not-at-top
+    gin_utils.parse([path], [])
+    bound = {name: gin.query_parameter(f'lm.pretrain.train.{name}')
+             for name in ('data', 'model', 'num_steps')}
+    assert bound['num_steps'] == PRETRAIN_FILES[path][0]
+    config = bound['model'].scoped_configurable_fn()
+    assert isinstance(config, model.TransformerConfig)
+    assert config.embed_dim == PRETRAIN_FILES[path][1]
+    data = bound['data'].scoped_configurable_fn()
+    assert isinstance(data, pretrain.DataConfig) and data.seq_len <= config.max_len
 
 
 @pytest.mark.parametrize('path', sorted(RUN_FILES))
@@ -63,15 +89,28 @@ def test_method_files_set_their_method(path):
 def test_run_files_build_task_and_sandbox(path):
     gin_utils.parse([path], [], entry_config=PROBE)
     task, limits, worker_config, num_workers = gin.get_configurable(probe)()
-    assert isinstance(task, mnist1d.Mnist1dTask)
-    assert task.train.num_steps == RUN_FILES[path]
-    assert task.train.learning_rate == 0.01 and task.train.batch_size == 128
+    task_cls, budget = RUN_FILES[path]
+    assert isinstance(task, task_cls)
+    assert (task.train.num_steps, task.train.learning_rate,
+            task.train.batch_size) == budget
     assert isinstance(limits, pool.Limits)
     assert isinstance(worker_config, pool.WorkerConfig)
     assert num_workers == 1
     # The main binary's entry point is fully bound.
     for name in ('task', 'proposer', 'sandbox', 'config'):
         assert gin.query_parameter(f'search.run.{name}') is not None
+
+
+@pytest.mark.parametrize('path, algorithm', [
+    ('gin/clrs/base.gin', 'bfs'), ('gin/clrs/quick.gin', 'bfs'),
+    ('gin/clrs/paper.gin', 'articulation_points')])
+def test_clrs_files_train_one_algorithm_set_by_a_binding(path, algorithm):
+    gin_utils.parse([path], [], entry_config=PROBE)
+    assert gin.get_configurable(probe)()[0].data.algorithm == algorithm
+    gin_utils.parse([path], ["ALGORITHM = 'graham_scan'"], entry_config=PROBE)
+    task = gin.get_configurable(probe)()[0]
+    assert task.data.algorithm == 'graham_scan'
+    assert task.train.hidden_dim == (32 if 'quick' in path else 128)
 
 
 def test_bindings_override_files():

@@ -1,0 +1,95 @@
+"""lm.pretrain: packing, the tiny gin run end to end, resume after a crash, export."""
+
+import json
+import os
+
+import gin
+import jax
+import numpy as np
+import pytest
+
+from lm import checkpoints, pretrain
+from lm import vocab as vocab_lib
+
+SEPARATOR = '<|endoftext|>'
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def write_corpus(folder) -> None:
+    rng = np.random.default_rng(0)
+    for name, count in (('train-00000.txt', 120), ('valid.txt', 8)):
+        docs = [f'def f{i}(x):\n    return x * {rng.integers(300)} + {i}\n'
+                for i in range(count)]
+        (folder / name).write_text(''.join(d + SEPARATOR for d in docs))
+
+
+def run(workdir, corpus, *bindings):
+    gin.clear_config()
+    gin.add_config_file_search_path(ROOT)
+    gin.parse_config_files_and_bindings(
+        [os.path.join(ROOT, 'gin/lm/pretrain_tiny.gin')],
+        [f"CORPUS_DIR = '{corpus}'", *bindings])
+    try:
+        return gin.get_configurable(pretrain.train)(workdir=str(workdir))
+    finally:
+        gin.clear_config()
+
+
+def test_pack_keeps_documents_apart():
+    vocab = vocab_lib.train_byte_level_bpe(['abc abd ' * 20], vocab_size=300,
+                                           whole_tokens=['7'])
+    docs = ['abc', 'abd 7', 'abc abc abc']
+    tokens, segments = pretrain.pack(docs, vocab, seq_len=4)
+    assert tokens.shape == segments.shape and tokens.shape[1] == 5
+    flat_tokens, flat_segments = tokens.ravel(), segments.ravel()
+    assert (flat_tokens == vocab.eos_id).sum() == 3
+    # Segment ids restart in every row; padding (segment 0) is PAD.
+    assert (segments[:, 0] == 1).all()
+    assert (flat_tokens[flat_segments == 0] == vocab.pad_id).all()
+    # No document that fits in a row is cut: every row ends with an EOS.
+    for row, segment in zip(tokens, segments):
+        assert row[segment > 0][-1] == vocab.eos_id
+    # A document's tokens then EOS; the next one is a new segment.
+    first_eos = int(np.argmax(flat_tokens == vocab.eos_id))
+    assert vocab.decode(flat_tokens[:first_eos]) == 'abc'
+
+
+def test_tiny_run_resumes_after_a_crash_and_exports(tmp_path, monkeypatch):
+    corpus = tmp_path / 'corpus'
+    corpus.mkdir()
+    write_corpus(corpus)
+    whole = run(tmp_path / 'whole', corpus)
+    assert whole['step'] == 6 and np.isfinite(whole['eval_loss'])
+    log = [json.loads(l) for l in (tmp_path / 'whole/eval_log.jsonl').open()]
+    assert [r['step'] for r in log] == [3, 6]
+
+    # Crash right after the first checkpoint, then start again: same result.
+    save = checkpoints.save
+
+    def crash_after_saving(*args, **kwargs):
+        save(*args, **kwargs)
+        raise KeyboardInterrupt('killed')
+
+    monkeypatch.setattr(checkpoints, 'save', crash_after_saving)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / 'resumed', corpus)
+    monkeypatch.setattr(checkpoints, 'save', save)
+    resumed = run(tmp_path / 'resumed', corpus)
+    assert resumed == whole
+    for name in ('params.safetensors', 'tokenizer.json'):
+        assert ((tmp_path / 'whole/export' / name).read_bytes()
+                == (tmp_path / 'resumed/export' / name).read_bytes())
+
+    lm = checkpoints.load_exported(str(tmp_path / 'whole/export'))
+    assert lm.stop_strings == ('"""Metrics:',)  # From the gin file.
+    assert lm.vocab.encode('137') == [lm.vocab.tokenizer.token_to_id('137')]
+    texts = lm.generate(['def f'], num_samples=2, max_new_tokens=8,
+                        temperatures=[0.0, 1.0], rng=jax.random.key(0))
+    assert len(texts) == 1 and len(texts[0]) == 2
+
+
+def test_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match='no text files'):
+        run(tmp_path / 'w', tmp_path / 'missing')
+    with pytest.raises(FileNotFoundError, match='config.json is missing'):
+        checkpoints.load_exported(str(tmp_path))
