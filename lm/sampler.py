@@ -352,10 +352,18 @@ def sample(model: model_lib.Transformer, params: Any, prompt_tokens: jax.Array,
         cache=cache, prefix_embeddings=soft_prompt, last_only=True,
         method=model_lib.Transformer.decode)
 
+    # `decode` takes row i of every stacked layer parameter; inside the loop
+    # that slice would be copied at every step. Slicing once here and
+    # restacking inside the loop lets XLA fold slice(stack(...)) back to the
+    # per-layer arrays, so the loop reads the weights in place.
+    layers = [jax.tree_util.tree_map(lambda p, i=i: p[i], params['layers'])
+              for i in range(model_config.num_layers)]
+
     def decode_fn(tokens, step_positions, step_segment_ids, step_cache):
-        return model.apply(variables, tokens, positions=step_positions,
-                           segment_ids=step_segment_ids, cache=step_cache,
-                           method=model_lib.Transformer.decode)
+        stacked = jax.tree_util.tree_map(lambda *ps: jnp.stack(ps), *layers)
+        return model.apply({'params': {**params, 'layers': stacked}}, tokens,
+                           positions=step_positions, segment_ids=step_segment_ids,
+                           cache=step_cache, method=model_lib.Transformer.decode)
 
     first_positions = prefix_length + jnp.sum(mask, axis=1)
     if token_bias is not None and token_bias.shape != (batch, logits.shape[-1]):
