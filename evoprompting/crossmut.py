@@ -10,8 +10,11 @@ Chen et al. (2023), Algorithms 1 and 2, section 3.3:
   history when needed, so they need no saved state.
 * CROSSMUT. `num_prompts` prompts, each of `num_shots` parents drawn i.i.d.
   uniformly (with replacement) from the round's parents, rendered by
-  `evoprompting.prompts` with the paper's target metrics; `samples_per_prompt`
-  samples each. Sample j of every prompt of a round uses temperature
+  `evoprompting.prompts` with the paper's target metrics and ending with the
+  task's `prompt_opening`; `samples_per_prompt` samples each. The header's
+  `val_accuracy` field shows the task's validation metric (its first
+  objective; for CLRS the validation score), so every task's prompts share
+  the paper's layout. Sample j of every prompt of a round uses temperature
   `temperatures[j]`, drawn uniformly from `temperature_choices` per round.
 * Learning (TRAIN, after every round but the last): the soft prompt is
   tuned, starting from the previous round's, on the round's scored children
@@ -48,7 +51,6 @@ from evoprompting.tasks import base
 from lm import checkpoints, prompt_tuning, serving
 
 SOFT_PROMPTS_DIR = 'soft_prompts'
-OPENING = 'class Model(nn.Module):'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +118,7 @@ class CrossMut:
         self.task = task
         self.config = config
         self.seed = seed
+        self.opening = task.prompt_opening
         self.soft_prompt: jax.Array | None = None
         self.workdir = ''
 
@@ -137,13 +140,14 @@ class CrossMut:
             code=prompts.prompt_code(candidate.source, self.task.preamble),
             metrics=prompts.Metrics(
                 num_params=int(candidate.result.params),
-                val_accuracy=float(candidate.result.metrics['val_accuracy'])))
+                val_accuracy=float(
+                    candidate.result.metrics[self.task.objectives[0]])))
 
     def _prompt(self, history: search.History, parents: Sequence[int],
                 target: prompts.Metrics | None = None) -> str:
         shots = [self._example(history.by_id(i)) for i in parents]
         target = target or prompts.target_metrics([s.metrics for s in shots])
-        return prompts.few_shot_prompt(shots, target, OPENING)
+        return prompts.few_shot_prompt(shots, target, self.opening)
 
     def _parents(self, history: search.History, round_index: int) -> list[int]:
         return select_parents(history, round_index,
@@ -187,7 +191,7 @@ class CrossMut:
             rng=key, soft_prompt=self.soft_prompt)
         return [search.Proposal(
             source=self.task.preamble + '\n\n' +
-            prompts.child_source(OPENING, completion),
+            prompts.child_source(self.opening, completion),
             parents=tuple(drawn[p]), prompt_id=p, temperature=temperatures[j])
             for p, row in enumerate(samples) for j, completion in enumerate(row)]
 
@@ -202,7 +206,7 @@ class CrossMut:
                 continue
             child = self._example(c)
             prompt = self._prompt(history, c.parents, target=child.metrics)
-            examples.append((prompt, child.code[len(OPENING):]))
+            examples.append((prompt, child.code[len(self.opening):]))
         if not examples:
             logging.info('Round %d: no child to tune the soft prompt on',
                          round_index)

@@ -7,7 +7,8 @@ Usage:
 
 Reads each workdir's `candidates.jsonl` (read-only; a run in progress may be
 reported) and `search_config.json` (written by the search at start: `method`,
-`task`, `alpha`, `hypervolume_reference`, `num_rounds`), and writes
+`task`, `alpha`, `hypervolume_reference`, `num_rounds`, `objectives`: the
+task's validation and test metrics, MNIST-1D's when absent), and writes
 `OUT/report.md` with these PNGs beside it:
 
   fig2a_error_vs_size.png   the paper's Figure 2a: test error vs parameters of
@@ -61,6 +62,7 @@ class Run:
     alpha: float
     reference: tuple[float, float]
     num_rounds: int | None
+    objectives: tuple[str, str]  # (validation metric, test metric).
     candidates: tuple[store.Candidate, ...]
     stats: tuple[summaries.RoundStats, ...]
 
@@ -101,6 +103,8 @@ def load_run(workdir: str) -> Run:
         alpha = float(config['alpha'])
         reference = tuple(float(v) for v in config['hypervolume_reference'])
         num_rounds = config.get('num_rounds')
+        objectives = tuple(str(k) for k in config.get(
+            'objectives', summaries.DEFAULT_OBJECTIVES))
     except (ValueError, KeyError, TypeError) as e:
         raise ReportError(f'{config_path}: unreadable search config ({e!r}); '
                           'it needs method, task, alpha and '
@@ -108,6 +112,9 @@ def load_run(workdir: str) -> Run:
     if len(reference) != 2:
         raise ReportError(f'{config_path}: hypervolume_reference must be '
                           f'[error, log10_params], got {reference}')
+    if len(objectives) != 2:
+        raise ReportError(f'{config_path}: objectives must be '
+                          f'[validation metric, test metric], got {objectives}')
     try:
         candidates = store.read_candidates(workdir)
     except FileNotFoundError as e:
@@ -117,9 +124,10 @@ def load_run(workdir: str) -> Run:
     if not candidates:
         raise ReportError(f'{workdir!r} has an empty candidate log: the search '
                           'has not evaluated anything yet')
-    stats = summaries.all_round_stats(candidates, alpha=alpha, reference=reference)
+    stats = summaries.all_round_stats(candidates, alpha=alpha, reference=reference,
+                                      objectives=objectives)
     return Run(workdir=workdir, method=method, task=task, alpha=alpha,
-               reference=reference, num_rounds=num_rounds,
+               reference=reference, num_rounds=num_rounds, objectives=objectives,
                candidates=tuple(candidates), stats=tuple(stats))
 
 
@@ -158,24 +166,28 @@ def _seed_groups(runs: Sequence[Run]) -> list[store.Candidate]:
     return seeds
 
 
-def _point_group(candidates: Sequence[store.Candidate], **kwargs) -> plots.PointGroup:
+def _point_group(candidates: Sequence[store.Candidate], test_key: str,
+                 **kwargs) -> plots.PointGroup:
     pairs = [(c, p) for c in candidates
-             if (p := summaries.error_size_point(c)) is not None]
+             if (p := summaries.error_size_point(c, test_key)) is not None]
     return plots.PointGroup(params=[c.result.params for c, _ in pairs],
                             errors=[p[0] for _, p in pairs], **kwargs)
 
 
 def figure_2a(groups: dict[str, list[Run]], top_k: int) -> plots.Figure:
     point_groups = []
+    test_key = next(iter(groups.values()))[0].objectives[1]  # One task.
     for i, (method, runs) in enumerate(groups.items()):
         top = [c for run in runs
                for c in summaries.best_candidates(run.children, top_k,
-                                                  alpha=run.alpha)]
+                                                  alpha=run.alpha,
+                                                  objectives=run.objectives)]
         point_groups.append(_point_group(
-            top, label=_method_label(method, runs), color=plots.color(i)))
+            top, test_key, label=_method_label(method, runs),
+            color=plots.color(i)))
     seeds = _seed_groups([r for runs in groups.values() for r in runs])
-    point_groups.append(_point_group(seeds, label='seeds', color='black',
-                                     marker='*', front=False))
+    point_groups.append(_point_group(seeds, test_key, label='seeds',
+                                     color='black', marker='*', front=False))
     return plots.error_vs_size(point_groups, title=(
         f'Top {top_k} children of each run by fitness (lines: Pareto fronts)'))
 
@@ -194,7 +206,8 @@ def bootstrap_curves(groups: dict[str, list[Run]], *, rng: np.random.Generator,
                        ).astype(int)
         samples = np.concatenate([
             summaries.bootstrap_max_fitness(
-                [summaries.candidate_fitness(c, alpha=run.alpha)
+                [summaries.candidate_fitness(c, alpha=run.alpha,
+                                             objectives=run.objectives)
                  for c in run.children], xs, rng=rng,
                 num_samples=num_samples, sample_size=sample_size)
             for run in runs], axis=1)
@@ -215,7 +228,8 @@ def figure_4(groups: dict[str, list[Run]]) -> plots.Figure:
         by_round = collections.defaultdict(list)
         for run in runs:
             for c in run.children:
-                if (p := summaries.error_size_point(c)) is not None:
+                if (p := summaries.error_size_point(
+                        c, run.objectives[1])) is not None:
                     by_round[c.round].append((c.result.params, p[0]))
         rounds = sorted(by_round)
         trajectories.append(plots.Trajectory(
@@ -275,12 +289,14 @@ def _runs_table(runs: Sequence[Run]) -> list[str]:
 def _dominated_seeds(run: Run) -> int:
     """How many seeds the run's best child by fitness Pareto-dominates
     (test error and parameters, both no worse and one better)."""
-    best = summaries.best_candidates(run.children, 1, alpha=run.alpha)
-    if not best or (b := summaries.error_size_point(best[0])) is None:
+    best = summaries.best_candidates(run.children, 1, alpha=run.alpha,
+                                     objectives=run.objectives)
+    test_key = run.objectives[1]
+    if not best or (b := summaries.error_size_point(best[0], test_key)) is None:
         return 0
     count = 0
     for seed in run.seeds:
-        if (s := summaries.error_size_point(seed)) is None:
+        if (s := summaries.error_size_point(seed, test_key)) is None:
             continue
         if b[0] <= s[0] and b[1] <= s[1] and b != s:
             count += 1
@@ -347,7 +363,8 @@ def _lineage(run: Run, candidate: store.Candidate, max_listed: int = 6) -> str:
             if parent is None:
                 described.append(f'#{pid} (not in the log)')
                 continue
-            fit = summaries.candidate_fitness(parent, alpha=run.alpha)
+            fit = summaries.candidate_fitness(parent, alpha=run.alpha,
+                                              objectives=run.objectives)
             origin = 'seed' if parent.round < 0 else f'round {parent.round}'
             described.append(f'#{pid} ({origin}, params '
                              f'{_fmt(parent.result.params, ",")}, fitness {_fmt(fit, ",.1f")})')
@@ -377,7 +394,8 @@ def write_report(runs: Sequence[Run], out: str, *, rng: np.random.Generator,
 
     plots.save_png(figure_2a(groups, top_k), os.path.join(out, FIGURES['fig2a']))
     best_seed = max((f for run in runs for c in run.seeds
-                     if (f := summaries.candidate_fitness(c, alpha=run.alpha))
+                     if (f := summaries.candidate_fitness(
+                         c, alpha=run.alpha, objectives=run.objectives))
                      is not None), default=None)
     plots.save_png(plots.curves(
         bootstrap_curves(groups, rng=rng, num_samples=bootstrap_samples,
@@ -421,11 +439,13 @@ def write_report(runs: Sequence[Run], out: str, *, rng: np.random.Generator,
     md += ['## Best programs', '']
     for run in runs:
         md += [f'### {run.method}: `{run.workdir}`', '']
-        best = summaries.best_candidates(run.children, num_best, alpha=run.alpha)
+        best = summaries.best_candidates(run.children, num_best, alpha=run.alpha,
+                                         objectives=run.objectives)
         if not best:
             md += ['No child was scored.', '']
         for c in best:
-            md += [summaries.program_markdown(c, alpha=run.alpha, heading='####'),
+            md += [summaries.program_markdown(c, alpha=run.alpha, heading='####',
+                                              objectives=run.objectives),
                    'Ancestry (parents, then their parents):', '',
                    _lineage(run, c), '']
     path = os.path.join(out, REPORT_FILE)

@@ -14,7 +14,8 @@ rounds) is a `Proposer`, injected (EvoPrompting: `evoprompting.crossmut`;
 baselines: `evoprompting.baselines`).
 
 Fitness (section 3.3): `-(params * val_error)` for a child whose validation
-error is below `alpha`; other children, and duplicates, are not scored.
+error is below `alpha`; other children, and duplicates, are not scored. The
+validation error is 1 - the task's first objective (`Task.objectives`).
 
 Duplicates: a proposal whose normalised source (`normalise`) equals that of
 an earlier candidate is recorded with `duplicate_of` and the earlier result,
@@ -23,7 +24,8 @@ and is not trained again. It counts toward the sample budget, as in the paper.
 Nothing lost. Every workdir file is written durably:
 
     config.gin, run_metadata.json  written by `main` at start
-    search_config.json             this loop's settings; a later run must match
+    search_config.json             this loop's settings, the task's name and
+                                   objectives; a later run must match
     candidates.jsonl               every candidate, fsynced (`store.py`)
     rounds/round_<t>.json          the round's proposals, written atomically
                                    before the first of them is evaluated
@@ -132,11 +134,15 @@ class History:
     fitness: tuple[float | None, ...]
 
     @classmethod
-    def of(cls, candidates: Sequence[store.Candidate], alpha: float) -> History:
+    def of(cls, candidates: Sequence[store.Candidate], alpha: float,
+           score_key: str = selection.DEFAULT_OBJECTIVES[0]) -> History:
+        """Orders `candidates`; fitness from `metrics[score_key]` (the task's
+        validation metric)."""
         ordered = sorted(candidates, key=lambda c: (c.round, c.proposal, c.id))
         return cls(tuple(ordered), tuple(
             None if c.duplicate_of is not None
-            else selection.fitness(c.result, alpha=alpha) for c in ordered))
+            else selection.fitness(c.result, alpha=alpha, accuracy_key=score_key)
+            for c in ordered))
 
     def by_id(self, candidate_id: int) -> store.Candidate:
         for c in self.candidates:
@@ -204,11 +210,14 @@ def _check_search_config(workdir: str, config: SearchConfig, task: base.Task,
                          allow_change: bool) -> None:
     """Writes search_config.json, refusing a workdir of another search."""
     path = os.path.join(workdir, SEARCH_CONFIG_FILE)
-    current = {**dataclasses.asdict(config), 'task': task.name}
+    current = {**dataclasses.asdict(config), 'task': task.name,
+               'objectives': list(task.objectives)}
     current['hypervolume_reference'] = list(config.hypervolume_reference)
     if os.path.exists(path):
         with open(path, encoding='utf-8') as f:
             stored = json.load(f)
+        # Workdirs from before objectives were recorded are MNIST-1D's.
+        stored.setdefault('objectives', list(selection.DEFAULT_OBJECTIVES))
         changed = sorted(k for k in set(stored) | set(current)
                          if stored.get(k) != current.get(k))
         if changed and not allow_change:
@@ -271,7 +280,8 @@ class Search:
 
     @property
     def history(self) -> History:
-        return History.of(self.store.candidates, self.config.alpha)
+        return History.of(self.store.candidates, self.config.alpha,
+                          self.task.objectives[0])
 
     def evaluate(self, round_index: int, proposals: Sequence[Proposal],
                  progress: _Progress | None = None) -> None:
@@ -384,7 +394,8 @@ class Search:
     def _summarise(self, round_index: int, scalars: Mapping[str, float]) -> None:
         stats = summaries.round_stats(
             self.store.candidates, round_index, alpha=self.config.alpha,
-            reference=self.config.hypervolume_reference)
+            reference=self.config.hypervolume_reference,
+            objectives=self.task.objectives)
         logging.info(
             '%s done: %d children, %d scored, best fitness so far %s, '
             'hypervolume %.3f%s',
@@ -425,7 +436,8 @@ def run(*, task: base.Task, proposer: Proposer, sandbox: evaluator.Sandbox,
         state = store.read_state(workdir)
         writer = summaries.TensorBoardWriter(
             workdir, alpha=config.alpha,
-            purge_step=state['completed_rounds'] if state else SEED_ROUND)
+            purge_step=state['completed_rounds'] if state else SEED_ROUND,
+            objectives=task.objectives)
         search = Search(task=task, proposer=proposer, sandbox=sandbox,
                         config=config, workdir=workdir, writer=writer)
         try:
@@ -433,21 +445,24 @@ def run(*, task: base.Task, proposer: Proposer, sandbox: evaluator.Sandbox,
         finally:
             search.close()
             writer.close()
-    print(format_top(top), flush=True)
+    print(format_top(top, task.objectives), flush=True)
     return top
 
 
-def format_top(candidates: Sequence[store.Candidate]) -> str:
-    """A plain-text table of the final population."""
+def format_top(candidates: Sequence[store.Candidate],
+               objectives: Sequence[str] = selection.DEFAULT_OBJECTIVES) -> str:
+    """A plain-text table of the final population (validation and test
+    metrics: `objectives`)."""
     if not candidates:
         return 'No child was scored.'
-    header = (f'{"id":>5} {"round":>5} {"params":>9} {"val_acc":>8} '
-              f'{"test_acc":>8} {"parents":<12}')
+    width = max(8, *map(len, objectives))
+    header = (f'{"id":>5} {"round":>5} {"params":>9} {objectives[0]:>{width}} '
+              f'{objectives[1]:>{width}} {"parents":<12}')
     rows = [header, '-' * len(header)]
     for c in candidates:
         m = c.result.metrics
         rows.append(f'{c.id:>5} {c.round:>5} {c.result.params:>9} '
-                    f'{m.get("val_accuracy", float("nan")):>8.4f} '
-                    f'{m.get("test_accuracy", float("nan")):>8.4f} '
+                    f'{m.get(objectives[0], float("nan")):>{width}.4f} '
+                    f'{m.get(objectives[1], float("nan")):>{width}.4f} '
                     f'{",".join(map(str, c.parents)):<12}')
     return '\n'.join(rows)

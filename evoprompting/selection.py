@@ -22,10 +22,15 @@ import numpy as np
 
 from evoprompting.tasks import base
 
+# (validation metric, test metric) of MNIST-1D, the default wherever a task's
+# `objectives` are not given (e.g. workdirs written before they were recorded).
+DEFAULT_OBJECTIVES = ('val_accuracy', 'test_accuracy')
+
 
 def fitness(result: base.EvalResult, *, alpha: float,
-            accuracy_key: str = 'val_accuracy') -> float | None:
-    """-(params * val_error), or None when the result is not scored."""
+            accuracy_key: str = DEFAULT_OBJECTIVES[0]) -> float | None:
+    """-(params * val_error), val_error = 1 - metrics[accuracy_key], or None
+    when the result is not scored."""
     if not result.ok or result.params is None or accuracy_key not in result.metrics:
         return None
     error = 1.0 - float(result.metrics[accuracy_key])
@@ -72,7 +77,8 @@ def hypervolume(points: Sequence[tuple[float, float]],
 
 
 def error_size_points(results: Sequence[base.EvalResult],
-                      error_key: str = 'test_accuracy') -> list[tuple[float, float]]:
+                      error_key: str = DEFAULT_OBJECTIVES[1]
+                      ) -> list[tuple[float, float]]:
     """(error, log10 params) of the `ok` results, for fronts and hypervolume."""
     return [(1.0 - float(r.metrics[error_key]), float(np.log10(r.params)))
             for r in results

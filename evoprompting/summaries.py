@@ -15,7 +15,9 @@ Conventions (the paper is silent on them):
   * "So far" quantities (best fitness, hypervolume, front) cover every
     candidate of rounds <= the round, seeds included.
   * A round's means cover its `ok` children with a parameter count and a
-    test accuracy, whether or not they pass the alpha filter.
+    test score, whether or not they pass the alpha filter.
+  * `objectives` is the task's (validation metric, test metric) pair
+    (`Task.objectives`); errors are 1 - score. It defaults to MNIST-1D's.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ import tensorboardX
 from evoprompting import plots, selection, store
 from evoprompting.tasks import base
 
+Objectives = Sequence[str]  # (validation metric, test metric).
+DEFAULT_OBJECTIVES = selection.DEFAULT_OBJECTIVES
 DUPLICATE = 'duplicate'
 # Every category a child can fall in, in display order.
 STATUS_KEYS: tuple[str, ...] = tuple(s.value for s in base.Status) + (DUPLICATE,)
@@ -86,14 +90,18 @@ def status_key(candidate: store.Candidate) -> str:
     return candidate.result.status.value
 
 
-def candidate_fitness(candidate: store.Candidate, *, alpha: float) -> float | None:
+def candidate_fitness(candidate: store.Candidate, *, alpha: float,
+                      objectives: Objectives = DEFAULT_OBJECTIVES
+                      ) -> float | None:
     """`selection.fitness` of a candidate; None for duplicates."""
     if candidate.duplicate_of is not None:
         return None
-    return selection.fitness(candidate.result, alpha=alpha)
+    return selection.fitness(candidate.result, alpha=alpha,
+                             accuracy_key=objectives[0])
 
 
-def error_size_point(candidate: store.Candidate, error_key: str = 'test_accuracy'
+def error_size_point(candidate: store.Candidate,
+                     error_key: str = DEFAULT_OBJECTIVES[1]
                      ) -> tuple[float, float] | None:
     """(error, log10 params) of an ok, non-duplicate candidate, else None."""
     if candidate.duplicate_of is not None:
@@ -103,7 +111,8 @@ def error_size_point(candidate: store.Candidate, error_key: str = 'test_accuracy
 
 
 def round_stats(candidates: Sequence[store.Candidate], round_index: int, *,
-                alpha: float, reference: tuple[float, float]) -> RoundStats:
+                alpha: float, reference: tuple[float, float],
+                objectives: Objectives = DEFAULT_OBJECTIVES) -> RoundStats:
     """Statistics of round `round_index` of the log `candidates`.
 
     Args:
@@ -111,7 +120,9 @@ def round_stats(candidates: Sequence[store.Candidate], round_index: int, *,
       round_index: the round, -1 for the seeds.
       alpha: the search's error threshold (`selection.fitness`).
       reference: the hypervolume reference point (error, log10 params).
+      objectives: the task's (validation metric, test metric).
     """
+    val_key, test_key = objectives
     history = [c for c in candidates if c.round <= round_index]
     children = [c for c in history if c.round == round_index]
     counts = {k: 0 for k in STATUS_KEYS}
@@ -120,23 +131,25 @@ def round_stats(candidates: Sequence[store.Candidate], round_index: int, *,
 
     def best(pool):
         scored = [(f, c.id) for c in pool
-                  if (f := candidate_fitness(c, alpha=alpha)) is not None]
+                  if (f := candidate_fitness(c, alpha=alpha,
+                                             objectives=objectives)) is not None]
         return max(scored, key=lambda fi: (fi[0], -fi[1])) if scored else (None, None)
 
     best_fitness, best_id = best(history)
     round_best, _ = best(children)
-    test_points = [p for c in history if (p := error_size_point(c)) is not None]
+    test_points = [p for c in history
+                   if (p := error_size_point(c, test_key)) is not None]
     val_points = [p for c in history
-                  if (p := error_size_point(c, 'val_accuracy')) is not None]
+                  if (p := error_size_point(c, val_key)) is not None]
     ok_children = [(c.result.params, p[0]) for c in children
-                   if (p := error_size_point(c)) is not None]
+                   if (p := error_size_point(c, test_key)) is not None]
     return RoundStats(
         round=round_index,
         num_children=len(children),
         children_so_far=sum(1 for c in history if c.round >= 0),
         status_counts=counts,
-        num_scored=sum(candidate_fitness(c, alpha=alpha) is not None
-                       for c in children),
+        num_scored=sum(candidate_fitness(c, alpha=alpha, objectives=objectives)
+                       is not None for c in children),
         round_best_fitness=round_best,
         best_fitness=best_fitness,
         best_id=best_id,
@@ -151,16 +164,21 @@ def round_stats(candidates: Sequence[store.Candidate], round_index: int, *,
 
 
 def all_round_stats(candidates: Sequence[store.Candidate], *, alpha: float,
-                    reference: tuple[float, float]) -> list[RoundStats]:
+                    reference: tuple[float, float],
+                    objectives: Objectives = DEFAULT_OBJECTIVES
+                    ) -> list[RoundStats]:
     """`round_stats` of every round present in the log, in round order."""
-    return [round_stats(candidates, r, alpha=alpha, reference=reference)
+    return [round_stats(candidates, r, alpha=alpha, reference=reference,
+                        objectives=objectives)
             for r in sorted({c.round for c in candidates})]
 
 
 def best_candidates(candidates: Sequence[store.Candidate], k: int, *,
-                    alpha: float) -> list[store.Candidate]:
+                    alpha: float, objectives: Objectives = DEFAULT_OBJECTIVES
+                    ) -> list[store.Candidate]:
     """The `k` scored candidates of highest fitness, best first (ties: lower id)."""
-    fitnesses = [candidate_fitness(c, alpha=alpha) for c in candidates]
+    fitnesses = [candidate_fitness(c, alpha=alpha, objectives=objectives)
+                 for c in candidates]
     return [candidates[i] for i in selection.get_top(fitnesses, k)]
 
 
@@ -200,19 +218,21 @@ def _format_metric(value: float | int | None, spec: str) -> str:
 
 
 def program_markdown(candidate: store.Candidate, *, alpha: float,
-                     heading: str = '###') -> str:
+                     heading: str = '###',
+                     objectives: Objectives = DEFAULT_OBJECTIVES) -> str:
     """A candidate as Markdown: metrics, lineage, then its source."""
     r = candidate.result
-    fit = candidate_fitness(candidate, alpha=alpha)
+    fit = candidate_fitness(candidate, alpha=alpha, objectives=objectives)
     origin = 'seed' if candidate.round < 0 else f'round {candidate.round}'
+    val_key, test_key = objectives
     lines = [
         f'{heading} #{candidate.id} ({origin})',
         '',
-        '| params | val accuracy | test accuracy | fitness | best step |',
+        f'| params | {val_key} | {test_key} | fitness | best step |',
         '|---:|---:|---:|---:|---:|',
         f"| {_format_metric(r.params, ',d')} "
-        f"| {_format_metric(r.metrics.get('val_accuracy'), '.4f')} "
-        f"| {_format_metric(r.metrics.get('test_accuracy'), '.4f')} "
+        f"| {_format_metric(r.metrics.get(val_key), '.4f')} "
+        f"| {_format_metric(r.metrics.get(test_key), '.4f')} "
         f"| {_format_metric(fit, ',.1f')} "
         f"| {_format_metric(r.metrics.get('best_step'), '.0f')} |",
         '',
@@ -245,7 +265,8 @@ class TensorBoardWriter:
     """
 
     def __init__(self, workdir: str, *, alpha: float, num_best: int = 3,
-                 purge_step: int | None = None):
+                 purge_step: int | None = None,
+                 objectives: Objectives = DEFAULT_OBJECTIVES):
         """Opens the writer.
 
         Args:
@@ -255,11 +276,13 @@ class TensorBoardWriter:
           purge_step: on resume, the first round about to be written again;
             TensorBoard then discards events of that step and later left
             by the interrupted run. None for a fresh run.
+          objectives: the task's (validation metric, test metric).
         """
         if num_best < 1:
             raise ValueError(f'num_best must be >= 1, got {num_best}')
         self.logdir = os.path.join(workdir, TENSORBOARD_DIR)
         self._alpha = alpha
+        self._objectives = tuple(objectives)
         self._num_best = num_best
         self._writer = tensorboardX.SummaryWriter(self.logdir, purge_step=purge_step)
 
@@ -298,10 +321,14 @@ class TensorBoardWriter:
                 self._writer.add_scalar(tag, float(value), step)
         history = [c for c in candidates if c.round <= stats.round]
         image = plots.to_rgb(pareto_figure(history, title=(
-            f'after round {stats.round}: all ok models, Pareto front (red)')))
+            f'after round {stats.round}: all ok models, Pareto front (red)'),
+            test_key=self._objectives[1]))
         self._writer.add_image('pareto_front', image, step, dataformats='HWC')
-        best = best_candidates(history, self._num_best, alpha=self._alpha)
-        text = '\n'.join(program_markdown(c, alpha=self._alpha) for c in best)
+        best = best_candidates(history, self._num_best, alpha=self._alpha,
+                               objectives=self._objectives)
+        text = '\n'.join(program_markdown(c, alpha=self._alpha,
+                                          objectives=self._objectives)
+                         for c in best)
         self._writer.add_text('best_programs', text or 'No scored program yet.', step)
         self._writer.flush()
 
@@ -315,13 +342,13 @@ class TensorBoardWriter:
         self.close()
 
 
-def pareto_figure(candidates: Sequence[store.Candidate], *, title: str
-                  ) -> plots.Figure:
+def pareto_figure(candidates: Sequence[store.Candidate], *, title: str,
+                  test_key: str = DEFAULT_OBJECTIVES[1]) -> plots.Figure:
     """One run's ok models by round, the seeds as stars, and the front of
-    all of them (test error)."""
+    all of them (test error: 1 - metrics[test_key])."""
     seeds, children = [], []
     for c in candidates:
-        if (p := error_size_point(c)) is not None:
+        if (p := error_size_point(c, test_key)) is not None:
             (seeds if c.round < 0 else children).append((c, p))
     all_points = seeds + children
     front_ids = {all_points[i][0].id

@@ -210,7 +210,7 @@ def test_prompts_show_parents_and_targets(task, lm):
     assert "{'num_params': '3000', 'val_accuracy': '0.900'}" in text
     # Targets: 90% of the smallest parent, 102% of the best accuracy.
     assert "{'num_params': '900', 'val_accuracy': '0.918'}" in text
-    assert text.endswith(crossmut.OPENING)
+    assert text.endswith(task.prompt_opening)
     assert 'import' not in text
 
 

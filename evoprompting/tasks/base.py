@@ -50,7 +50,8 @@ class EvalResult:
         status: see `Status`.
         message: human-readable cause (for failures) or summary (for `ok`).
         params: number of trainable parameters, once the model was built.
-        metrics: task metrics, e.g. `val_accuracy`, `test_accuracy`, `best_step`.
+        metrics: task metrics: the task's `objectives` (e.g. `val_accuracy`,
+            `test_accuracy`) and others such as `best_step`.
         compile_s: seconds spent compiling (tracing + XLA) in the worker.
         train_s: seconds spent running training and evaluation steps.
         source_sha256: hash of the exact source evaluated.
@@ -109,8 +110,15 @@ class Task(Protocol):
         search puts them back in front of each child the LM writes."""
 
     @property
+    def prompt_opening(self) -> str:
+        """The first line of every program the LM writes: prompts end with it
+        and each child is this line plus the LM's completion."""
+
+    @property
     def objectives(self) -> Sequence[str]:
-        """Metric keys the task reports; the first is the one selection uses."""
+        """(validation metric, test metric): scores in [0, 1], higher is better,
+        error = 1 - score. Fitness uses the first; Pareto fronts, hypervolume
+        and reports the second."""
 
     def seed_programs(self) -> list[SeedProgram]:
         """The seed population; each satisfies the contract."""

@@ -196,7 +196,11 @@ class Mnist1dTask:
         return PREAMBLE
 
     @property
-    def objectives(self) -> tuple[str, ...]:
+    def prompt_opening(self) -> str:
+        return 'class Model(nn.Module):'
+
+    @property
+    def objectives(self) -> tuple[str, str]:
         return ('val_accuracy', 'test_accuracy')
 
     def seed_programs(self) -> list[base.SeedProgram]:
