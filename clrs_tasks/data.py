@@ -293,6 +293,12 @@ class DataConfig:
     test_size: int = TEST_SIZE
     cache_dir: str = ''
 
+    def __post_init__(self):
+        if self.algorithm not in algorithms():
+            raise ValueError(
+                f'unknown CLRS-30 algorithm {self.algorithm!r}; the algorithms '
+                f'are {", ".join(sorted(algorithms()))}')
+
     def train_keys(self) -> tuple[DatasetKey, ...]:
         return tuple(
             DatasetKey(self.algorithm, 'train', size, self.train_count,

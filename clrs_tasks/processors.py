@@ -46,6 +46,9 @@ TRIPLET_CONTRACT = (
     ' projections into a [B, N, N, N, k] tensor, aggregates over axis 1 and'
     ' maps the result to the output size. A ReLU is applied to its result.')
 
+# The first line of every triplet program the LM writes (the prompt's last).
+TRIPLET_OPENING = (
+    'def get_triplet_msgs(z, edge_fts, graph_fts, nb_triplet_fts, out_size):')
 # get_triplet_msgs(z, edge_fts, graph_fts, nb_triplet_fts, out_size).
 TripletFn = Callable[[jax.Array, jax.Array, jax.Array, int, int], jax.Array]
 

@@ -29,12 +29,22 @@ class ClrsTask:
       train: training budget and model settings.
       max_params: programs whose whole model has more parameters are
         `too_large`, decided from the abstract initialisation.
+      seeds: names of the seed programs that start the search (file names
+        in seeds/clrs/ without .py); empty: all nine, as in the paper.
     """
 
     data: data_lib.DataConfig = data_lib.DataConfig()
     train: train_lib.TrainConfig = train_lib.TrainConfig()
     max_params: int = 5_000_000
+    seeds: tuple[str, ...] = ()
     name: str = 'clrs'
+
+    def __post_init__(self):
+        known = [name for name, _ in read_seeds('clrs')]
+        unknown = sorted(set(self.seeds) - set(known))
+        if unknown:
+            raise ValueError(f'unknown CLRS seeds {unknown}; the seeds are '
+                             f'{", ".join(known)}')
 
     @property
     def contract(self) -> str:
@@ -45,12 +55,17 @@ class ClrsTask:
         return processors.PREAMBLE
 
     @property
-    def objectives(self) -> tuple[str, ...]:
+    def prompt_opening(self) -> str:
+        return processors.TRIPLET_OPENING
+
+    @property
+    def objectives(self) -> tuple[str, str]:
         return ('val_score', 'test_score')
 
     def seed_programs(self) -> list[base.SeedProgram]:
         return [base.SeedProgram(name, source)
-                for name, source in read_seeds('clrs')]
+                for name, source in read_seeds('clrs')
+                if not self.seeds or name in self.seeds]
 
     def prepare(self) -> None:
         data_lib.load_splits(self.data)

@@ -7,6 +7,11 @@ step cycling through the training sizes, validation every `eval_every`
 steps, and the test split scored with the parameters of the best
 validation score. Losses and scores are masked, so padding graphs never
 count. Runs inside sandbox workers for generated programs.
+
+Each program compiles init, one training step per training size and one
+prediction per evaluation set, each when first needed. `compile_s` is the
+wall-clock time of building the model and of all those compiles; `train_s`
+is the rest (training steps, validation and test scoring).
 """
 
 from __future__ import annotations
@@ -28,8 +33,8 @@ from clrs_tasks import processors
 from evoprompting.tasks import base
 # The compile settings measured for MNIST-1D (see classifier_training): fast
 # compiles for init and evaluation, level 1 for the training step.
-from evoprompting.tasks.classifier_training import _FAST_COMPILE  # pylint: disable=protected-access
-from evoprompting.tasks.classifier_training import _TRAIN_COMPILE  # pylint: disable=protected-access
+from evoprompting.tasks.classifier_training import FAST_COMPILE
+from evoprompting.tasks.classifier_training import TRAIN_COMPILE
 from evoprompting.tasks.classifier_training import batch_order
 
 Status = base.Status
@@ -81,7 +86,7 @@ def compile_once(fn: Any, *args: Any, options: Mapping[str, Any] | None = None
     optimisations cost more compile time than they save.
     """
     return jax.jit(fn).lower(*args).compile(
-        compiler_options=_FAST_COMPILE if options is None else options)
+        compiler_options=FAST_COMPILE if options is None else options)
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -214,7 +219,8 @@ def train_and_evaluate(triplet_fn: Any, splits: Splits, config: TrainConfig,
             jax.eval_shape(jax.random.key, 0), sample)
     except Exception as e:  # pylint: disable=broad-except
         if base.is_out_of_memory(e):
-            raise base.ProgramFailure(Status.OOM, _first_line(e)) from None
+            raise base.ProgramFailure(
+                Status.OOM, f'out of memory: {_first_line(e)}') from None
         raise base.ProgramFailure(
             Status.BUILD_ERROR,
             f'the model with this get_triplet_msgs failed: '
@@ -233,13 +239,17 @@ def train_and_evaluate(triplet_fn: Any, splits: Splits, config: TrainConfig,
         tx = optax.adam(config.learning_rate)
 
     compiled = {}
+    compile_s = 0.0
 
     def run(name, fn, options, *args):
         """fn(*args), compiled once per argument shapes with `options`."""
+        nonlocal compile_s
         shapes = jax.tree.map(lambda x: (x.shape, x.dtype), args)
         key = (name, jax.tree.structure(args), tuple(jax.tree.leaves(shapes)))
         if key not in compiled:
+            start = time.perf_counter()
             compiled[key] = compile_once(fn, *args, options=options)
+            compile_s += time.perf_counter() - start
         return compiled[key](*args)
 
     def init(batch):
@@ -271,7 +281,7 @@ def train_and_evaluate(triplet_fn: Any, splits: Splits, config: TrainConfig,
         for rows in data_lib.eval_batches(dataset.num_samples,
                                           config.eval_batch_size):
             batch = _host_batch(dataset, rows, config.eval_batch_size)
-            out = jax.device_get(run('predict', predict, _FAST_COMPILE,
+            out = jax.device_get(run('predict', predict, FAST_COMPILE,
                                      params, batch))
             preds.append({k: v[:len(rows)] for k, v in out.items()})
         stacked = {k: np.concatenate([p[k] for p in preds]) for k in preds[0]}
@@ -281,15 +291,15 @@ def train_and_evaluate(triplet_fn: Any, splits: Splits, config: TrainConfig,
     orders = [batch_order(pool.num_samples, config.batch_size,
                           -(-config.num_steps // sizes), seed + i)
               for i, pool in enumerate(splits.train)]
-    state = run('init', init, _FAST_COMPILE, sample)
-    compile_s = time.perf_counter() - t0
+    state = run('init', init, FAST_COMPILE, sample)
+    compile_s = time.perf_counter() - t0  # Model building and init.
     best = {'score': -np.inf, 'step': 0, 'params': None}
     val_history = []
     for step in range(config.num_steps):
         size = step % sizes
         batch = _host_batch(splits.train[size], orders[size][step // sizes],
                             config.batch_size)
-        state, loss = run('train', train_step, _TRAIN_COMPILE, state, batch)
+        state, loss = run('train', train_step, TRAIN_COMPILE, state, batch)
         last = step + 1 == config.num_steps
         if (step + 1) % config.eval_every == 0 or last:
             if not np.isfinite(float(loss)):

@@ -6,9 +6,9 @@ import os
 import gin
 import pytest
 
+from clrs_tasks import task as clrs_task
 from evoprompting import gin_utils
 from evoprompting.sandbox import pool
-from clrs_tasks import task as clrs_task
 from evoprompting.tasks import mnist1d
 
 GIN_DIR = os.path.join(gin_utils.REPO_ROOT, 'gin')

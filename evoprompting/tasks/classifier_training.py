@@ -29,7 +29,7 @@ The shape of the training loop is chosen per model by a fixed rule (see
 The rule depends only on the program, never on timing, so a program's numbers
 do not depend on the machine's load.
 
-Compilation (see `_FAST_COMPILE`, `_TRAIN_COMPILE`): init and evaluation,
+Compilation (see `FAST_COMPILE`, `TRAIN_COMPILE`): init and evaluation,
 which run once or rarely, compile with XLA's backend optimisations and fusion
 emitters off; the training chunk at optimisation level 1. The three programs
 are lowered one after the other (tracing needs the GIL), the chunk first, and
@@ -69,12 +69,12 @@ Status = base.Status
 # 1,500 examples then runs 2-40 ms instead of 1-13 ms). Never for the train
 # step: its steps ran ~1.4x slower at level 0, and the GRU's ~1.5x slower
 # without fusion emitters.
-_FAST_COMPILE = {'xla_backend_optimization_level': 0,
-                 'xla_cpu_use_fusion_emitters': False}
+FAST_COMPILE = {'xla_backend_optimization_level': 0,
+                'xla_cpu_use_fusion_emitters': False}
 # For the training chunk: level 1 compiled the seeds' chunks 15-30% faster than
 # the default (3) and their steps ran as fast (the heavy work is in library
 # calls: Eigen, XNNPACK).
-_TRAIN_COMPILE = {'xla_backend_optimization_level': 1}
+TRAIN_COMPILE = {'xla_backend_optimization_level': 1}
 # Primitives after which a model trains by unrolled steps (see `loop_plan`).
 _UNROLL_PRIMITIVES = frozenset({'conv_general_dilated'})
 
@@ -369,13 +369,13 @@ def train_and_evaluate(model_cls: Any, splits: Any, config: Any, *,
                 jax.jit(chunk_leaves, donate_argnums=0,
                         out_shardings=replicated).lower(
                             abstract_state, train_x, train_y, order[0]).compile,
-                _TRAIN_COMPILE)
+                TRAIN_COMPILE)
             init_future = compiler.submit(init_traced.lower().compile,
-                                          _FAST_COMPILE)
+                                          FAST_COMPILE)
             eval_future = compiler.submit(
                 jax.jit(evaluate_leaves).lower(abstract_state,
                                                *eval_arrays).compile,
-                _FAST_COMPILE)
+                FAST_COMPILE)
             state = init_future.result()(seed_arg)
             chunk_fn = chunk_future.result()
         compile_s = time.perf_counter() - t0

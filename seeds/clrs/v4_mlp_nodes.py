@@ -6,15 +6,6 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 
-def mlp(x, sizes):
-    """Dense layers with ReLU between them."""
-    for i, size in enumerate(sizes):
-        x = nn.Dense(size)(x)
-        if i < len(sizes) - 1:
-            x = nn.relu(x)
-    return x
-
-
 def get_triplet_msgs(z, edge_fts, graph_fts, nb_triplet_fts, out_size):
     tri_1 = mlp(z, (nb_triplet_fts, nb_triplet_fts))
     tri_2 = mlp(z, (nb_triplet_fts, nb_triplet_fts))
@@ -32,3 +23,12 @@ def get_triplet_msgs(z, edge_fts, graph_fts, nb_triplet_fts, out_size):
         + jnp.expand_dims(tri_e_3, axis=1)         # (B, 1, N, N, k)
         + jnp.expand_dims(tri_g, axis=(1, 2, 3)))  # (B, 1, 1, 1, k)
     return nn.Dense(out_size)(jnp.max(triplets, axis=1))  # (B, N, N, out)
+
+
+def mlp(x, sizes):
+    """Dense layers with ReLU between them."""
+    for i, size in enumerate(sizes):
+        x = nn.Dense(size)(x)
+        if i < len(sizes) - 1:
+            x = nn.relu(x)
+    return x

@@ -7,19 +7,6 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 
-def mlp(x, sizes):
-    """Dense layers with ReLU between them."""
-    for i, size in enumerate(sizes):
-        x = nn.Dense(size)(x)
-        if i < len(sizes) - 1:
-            x = nn.relu(x)
-    return x
-
-
-def rep(x, size):
-    return mlp(x, (size,)) * mlp(x, (8 * size, size))
-
-
 def get_triplet_msgs(z, edge_fts, graph_fts, nb_triplet_fts, out_size):
     tri_1 = rep(z, nb_triplet_fts)
     tri_2 = rep(z, nb_triplet_fts)
@@ -37,3 +24,16 @@ def get_triplet_msgs(z, edge_fts, graph_fts, nb_triplet_fts, out_size):
         + jnp.expand_dims(tri_e_3, axis=1)         # (B, 1, N, N, k)
         + jnp.expand_dims(tri_g, axis=(1, 2, 3)))  # (B, 1, 1, 1, k)
     return rep(jnp.max(triplets, axis=1), out_size)  # (B, N, N, out)
+
+
+def mlp(x, sizes):
+    """Dense layers with ReLU between them."""
+    for i, size in enumerate(sizes):
+        x = nn.Dense(size)(x)
+        if i < len(sizes) - 1:
+            x = nn.relu(x)
+    return x
+
+
+def rep(x, size):
+    return mlp(x, (size,)) * mlp(x, (8 * size, size))
