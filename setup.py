@@ -14,7 +14,8 @@ setuptools.setup(
         include=['evoprompting', 'evoprompting.*', 'lm', 'lm.*',
                  'clrs_tasks', 'clrs_tasks.*', 'seeds', 'seeds.*']),
     # Seed programs are data read with importlib.resources.
-    package_data={'seeds': ['*/*.py', '*/*/*.py']},
+    # The embedded default LM (lm/README.md) ships inside the package.
+    package_data={'seeds': ['*/*.py', '*/*/*.py'], 'lm': ['default/*']},
     include_package_data=True,
     install_requires=[
         # Plain CPU JAX from the package index; no TensorFlow, no torch.

@@ -17,6 +17,8 @@ Modules (issue 4):
                    not, tokenizer.json) into our params, with strict checks;
                    `checkpoints.load_hf` serves one.
   sample.py        `python -m lm.sample`: print samples from a checkpoint.
-
-Not yet: pretraining and the embedded default model (`load_default`).
+  pretrain.py      `python -m lm.pretrain`: trains a tokenizer and a small
+                   decoder on text files and exports it; the embedded
+                   default model (`lm/default/`, `serving.load_default()`)
+                   was made with it (lm/README.md).
 """

@@ -13,7 +13,7 @@ An *export* (what `lm.pretrain` writes, and what the embedded default model
 is) is a folder of three plain files, no pickle: `config.json` (the
 `TransformerConfig`, the vocabulary's EOS/PAD tokens and `LanguageModel`
 options such as stop strings), `params.safetensors` (one tensor per
-parameter, named by its path, e.g. `layers/attention/q/kernel`) and
+parameter, named by its path, e.g. `layers/attn/q_kernel`) and
 `tokenizer.json`. `export` writes one, `load_exported` serves one.
 """
 

@@ -45,7 +45,7 @@ METHOD_FILES = {'gin/search/evoprompting.gin': 'evoprompting',
                 'gin/search/random_search.gin': 'random_search'}
 OTHER_FILES = {'gin/devices/cpu.gin', 'gin/lm/tiny_random.gin'}
 # lm.pretrain runs: (num_steps, model embed_dim).
-PRETRAIN_FILES = {'gin/lm/pretrain_default.gin': (450, 128),
+PRETRAIN_FILES = {'gin/lm/pretrain_default.gin': (700, 128),
                   'gin/lm/pretrain_tiny.gin': (6, 32)}
 
 
