@@ -64,7 +64,7 @@ class LanguageModel:
       stop_strings: samples are cut before the first of these.
       top_k, top_p: sampling filters (0 and 1.0 disable them).
       prompt_token_bias: added to the logits of every token id that occurs
-        in the row's prompt (0 disables it): a copy prior that makes a small
+        in the row's prompt, and of EOS (0 disables it): a copy prior that makes a small
         model reuse what its prompt shows (names, numbers) over what it
         recalls from training.
       tuning: soft-prompt tuning settings used by `tune`.
@@ -126,7 +126,9 @@ class LanguageModel:
             if self.prompt_token_bias:
                 bias = np.zeros((len(filled), self.config.vocab_size), np.float32)
                 for row, (p, _) in enumerate(filled):
-                    bias[row, np.unique(encoded[p])] = self.prompt_token_bias
+                    # EOS too: ending a sample is never penalised.
+                    ids = np.append(np.unique(encoded[p]), self.vocab.eos_id)
+                    bias[row, ids] = self.prompt_token_bias
             with partitioning.activate(self.mesh, self.rules):
                 out = sampler.sample(
                     self.model, self.params, batch.tokens, batch.mask,
