@@ -64,9 +64,9 @@ class LanguageModel:
       stop_strings: samples are cut before the first of these.
       top_k, top_p: sampling filters (0 and 1.0 disable them).
       prompt_token_bias: added to the logits of every token id that occurs
-        in the row's prompt, and of EOS (0 disables it): a copy prior that makes a small
-        model reuse what its prompt shows (names, numbers) over what it
-        recalls from training.
+        in the row's prompt, and of EOS (0 disables it): a copy prior that
+        makes a small model reuse what its prompt shows (names, numbers)
+        over what it recalls from training.
       tuning: soft-prompt tuning settings used by `tune`.
     """
 
