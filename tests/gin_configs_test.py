@@ -43,7 +43,7 @@ METHOD_FILES = {'gin/search/evoprompting.gin': 'evoprompting',
                 'gin/search/naive_few_shot.gin': 'naive_few_shot',
                 'gin/search/regularized_evolution.gin': 'regularized_evolution',
                 'gin/search/random_search.gin': 'random_search'}
-OTHER_FILES = {'gin/devices/cpu.gin', 'gin/lm/tiny_random.gin'}
+OTHER_FILES = {'gin/devices/cpu.gin', 'gin/lm/tiny_random.gin', 'gin/lm/default.gin'}
 # lm.pretrain runs: (num_steps, model embed_dim).
 PRETRAIN_FILES = {'gin/lm/pretrain_default.gin': (700, 128),
                   'gin/lm/pretrain_tiny.gin': (6, 32)}
