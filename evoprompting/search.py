@@ -322,7 +322,7 @@ class Search:
                 label = (f'seed {i}' if round_index == SEED_ROUND
                          else f'round {round_index} child {i}')
                 if duplicate_of is not None:
-                    label += f' (duplicate of {duplicate_of})'
+                    label += f' (duplicate of candidate {duplicate_of})'
                 progress.step(label, result)
 
         self.sandbox.evaluate(
