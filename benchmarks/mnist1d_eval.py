@@ -36,12 +36,10 @@ The last line is one SUMMARY line.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -57,6 +55,7 @@ from evoprompting import gin_utils  # pylint: disable=g-import-not-at-top,wrong-
 from evoprompting.sandbox import evaluator  # pylint: disable=g-import-not-at-top,wrong-import-position
 from evoprompting.tasks import classifier_training, mnist1d  # pylint: disable=g-import-not-at-top,wrong-import-position
 import gin  # pylint: disable=g-import-not-at-top,wrong-import-position
+import torch_subprocess  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 SEEDS = ('greydanus_cnn', 'residual_cnn', 'gru', 'mlp')
 # Seeds benchmarks/torch_reference.py can express, by seed name.
@@ -132,24 +131,7 @@ def load_config(budget: str) -> tuple[Any, Any, Any]:
 
 def find_torch_python() -> tuple[str, str]:
     """(interpreter, '') or ('', why torch is not available)."""
-    choice = FLAGS.torch_python
-    if choice == 'none':
-        return '', 'skipped (--torch_python=none)'
-    if not choice:
-        if importlib.util.find_spec('torch') is None:
-            return '', (f'no torch in {sys.executable}; pass '
-                        '--torch_python=/path/to/python of an environment '
-                        'with torch')
-        return sys.executable, ''
-    try:
-        probe = subprocess.run([choice, '-c', 'import torch, numpy'],
-                               capture_output=True, text=True, timeout=300)
-    except (OSError, subprocess.SubprocessError) as e:
-        return '', f'{choice}: {e}'
-    if probe.returncode:
-        lines = probe.stderr.strip().splitlines()
-        return '', f'{choice}: {lines[-1] if lines else "import torch failed"}'
-    return choice, ''
+    return torch_subprocess.find_torch_python(FLAGS.torch_python)
 
 
 def write_torch_data(task: Any, folder: str, seed: int) -> str:
@@ -169,15 +151,11 @@ def write_torch_data(task: Any, folder: str, seed: int) -> str:
 def run_torch(python: str, data: str, model: str, task: Any,
               seed: int) -> dict[str, Any]:
     cfg = task.train
-    cmd = [python, TORCH_SCRIPT, f'--data={data}', f'--model={model}',
-           f'--eval_every={cfg.eval_every}',
-           f'--learning_rate={cfg.learning_rate}',
-           f'--weight_decay={cfg.weight_decay}',
-           f'--threads={FLAGS.torch_threads}', f'--seed={seed}']
-    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if out.returncode:
-        raise RuntimeError(f'torch reference failed: {out.stderr[-500:]}')
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return torch_subprocess.run_json(python, TORCH_SCRIPT, [
+        f'--data={data}', f'--model={model}', f'--eval_every={cfg.eval_every}',
+        f'--learning_rate={cfg.learning_rate}',
+        f'--weight_decay={cfg.weight_decay}',
+        f'--threads={FLAGS.torch_threads}', f'--seed={seed}'])
 
 
 def run_jax(task: Any, limits: Any, worker_config: Any, source: str,
