@@ -349,10 +349,10 @@ class Search:
         proposals = self.proposer.propose(
             round_index, self.history,
             round_rng(self.config.seed, round_index, 'propose'))
-        logging.info('Round %d: %d proposals in %.1f s', round_index,
-                     len(proposals), time.monotonic() - start)
         os.makedirs(folder, exist_ok=True)
         _write_json_atomic(path, [p.to_json() for p in proposals])
+        logging.info('Round %d: %d proposals in %.1f s, saved', round_index,
+                     len(proposals), time.monotonic() - start)
         return proposals
 
     def run(self) -> list[store.Candidate]:
