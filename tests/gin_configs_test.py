@@ -77,6 +77,7 @@ def test_budget_macros_are_consistent(path):
     macro = lambda name: gin.query_parameter(f'{name}/macro.value')
     assert macro('TOTAL_PROMPTS') == macro('ROUNDS') * macro('PROMPTS')
     assert macro('CHILDREN_PER_ROUND') == macro('PROMPTS') * macro('SAMPLES')
+    assert macro('TOURNAMENT_SIZE') == max(1, macro('CHILDREN_PER_ROUND') // 4)
 
 
 @pytest.mark.parametrize('path', sorted(METHOD_FILES))
