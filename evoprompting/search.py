@@ -197,15 +197,6 @@ def normalise(source: str) -> str:
         return source.strip()
 
 
-def _write_json_atomic(path: str, obj: Any) -> None:
-    tmp = f'{path}.tmp'
-    with open(tmp, 'w', encoding='utf-8') as f:
-        json.dump(obj, f, indent=1, sort_keys=True, allow_nan=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _check_search_config(workdir: str, config: SearchConfig, task: base.Task,
                          allow_change: bool) -> None:
     """Writes search_config.json, refusing a workdir of another search."""
@@ -227,7 +218,7 @@ def _check_search_config(workdir: str, config: SearchConfig, task: base.Task,
                 f'{workdir} holds a search with other settings ({details}). '
                 'Use another --workdir, or pass --allow_config_change to go on '
                 'with the new settings.')
-    _write_json_atomic(path, current)
+    store.write_json_atomic(path, current)
 
 
 class _Progress:
@@ -350,7 +341,7 @@ class Search:
             round_index, self.history,
             round_rng(self.config.seed, round_index, 'propose'))
         os.makedirs(folder, exist_ok=True)
-        _write_json_atomic(path, [p.to_json() for p in proposals])
+        store.write_json_atomic(path, [p.to_json() for p in proposals])
         logging.info('Round %d: %d proposals in %.1f s, saved', round_index,
                      len(proposals), time.monotonic() - start)
         return proposals

@@ -180,16 +180,21 @@ def _parse(path: str, data: bytes) -> tuple[list[Candidate], bytes]:
     return candidates, tail
 
 
-def write_state(workdir: str, state: Mapping[str, Any]) -> None:
-    """Replaces `<workdir>/state.json` atomically (temp file, fsync, rename)."""
-    path = os.path.join(workdir, STATE_FILE)
+def write_json_atomic(path: str, obj: Any) -> None:
+    """Replaces the JSON file `path` atomically: written to a temporary file,
+    fsynced, renamed over the old one, and its folder fsynced."""
     tmp = f'{path}.tmp'
     with open(tmp, 'w', encoding='utf-8') as f:
-        json.dump(state, f, sort_keys=True, allow_nan=False)
+        json.dump(obj, f, indent=1, sort_keys=True, allow_nan=False)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_dir(workdir)
+    _fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+def write_state(workdir: str, state: Mapping[str, Any]) -> None:
+    """Replaces `<workdir>/state.json` atomically (`write_json_atomic`)."""
+    write_json_atomic(os.path.join(workdir, STATE_FILE), state)
 
 
 def read_state(workdir: str) -> dict[str, Any] | None:

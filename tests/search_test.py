@@ -59,7 +59,7 @@ def run(workdir, task, worker_config, lm, *, rounds=2, **kwargs):
 
 
 def read_log(workdir):
-    return [c for c in store.CandidateStore.open(str(workdir))]
+    return store.read_candidates(str(workdir))
 
 
 def test_search_records_everything_and_resumes_without_redoing(
