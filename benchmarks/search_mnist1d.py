@@ -51,7 +51,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
-from evoprompting import report, search, selection, store, summaries  # pylint: disable=g-import-not-at-top,wrong-import-position
+from evoprompting import report, search, store, summaries  # pylint: disable=g-import-not-at-top,wrong-import-position
 import seeds  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # Method -> the gin files it adds after the budget file.
@@ -70,8 +70,8 @@ LOG_FILE = 'benchmark.log'
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    # argparse, not absl: evoprompting.report defines absl flags of its own
-    # (a required --out) that this script must not inherit.
+    # argparse, not absl: evoprompting.report, imported here, defines absl
+    # flags of its own that this script's --help must not list.
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--budget_gin', default='gin/mnist1d/quick.gin',
@@ -157,21 +157,16 @@ def run_one(argv: Sequence[str], method: str, seed: int, workdir: str) -> bool:
 
 def dominates_reference(run: report.Run, reference_source: str) -> bool | None:
     """Whether the run's best child by fitness Pareto-dominates the seed with
-    `reference_source` in (test error, log10 params); None if that seed or no
-    child was scored."""
-    best = summaries.best_candidates(run.children, 1, alpha=run.alpha)
+    `reference_source` (`report.dominated_seeds`); None if that seed was not
+    scored or no child was."""
     seed = [c for c in run.seeds if c.source == reference_source]
-    if not best or not seed:
+    if (not seed or summaries.error_size_point(seed[0]) is None
+            or not summaries.best_candidates(run.children, 1, alpha=run.alpha)):
         return None
-    b, s = summaries.error_size_point(best[0]), summaries.error_size_point(seed[0])
-    if b is None or s is None:
-        return None
-    # The seed is off the two-point front exactly when the child dominates it.
-    return 0 not in selection.pareto_front([s, b])
+    return any(c.source == reference_source for c in report.dominated_seeds(run))
 
 
 def table(groups: dict[str, list[report.Run]], reference_source: str) -> list[str]:
-    mean_std = report._mean_std  # pylint: disable=protected-access
     lines = [f'{"method":<22} {"runs":>4} {"children":>10} '
              f'{"final hypervolume":>19} {"best fitness":>22} '
              f'{"best dominates " + REFERENCE_SEED:>29}']
@@ -185,8 +180,8 @@ def table(groups: dict[str, list[report.Run]], reference_source: str) -> list[st
                         if None in verdicts else ''))
         lines.append(
             f'{method:<22} {len(runs):>4} {",".join(map(str, children)):>10} '
-            f'{mean_std([s.hypervolume_test for s in finals], ".4f"):>19} '
-            f'{mean_std([s.best_fitness for s in finals], ",.1f"):>22} '
+            f'{report.mean_std([s.hypervolume_test for s in finals], ".4f"):>19} '
+            f'{report.mean_std([s.best_fitness for s in finals], ",.1f"):>22} '
             f'{dominated:>29}')
     return lines
 

@@ -56,7 +56,7 @@ from evoprompting.tasks import mnist1d
 from seeds import read_seeds
 
 DOCUMENT_SEPARATOR = '<|endoftext|>'
-OPENING = 'class Model(nn.Module):'
+OPENING = mnist1d.PROMPT_OPENING
 CODE_PACKAGES = ('jax', 'flax', 'optax', 'jraph')
 # Seed families, weighted: GRUs are slow to build and few in the search.
 FAMILY_WEIGHTS = {'greydanus_cnn': 0.35, 'residual_cnn': 0.3, 'mlp': 0.27,

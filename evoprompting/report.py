@@ -146,7 +146,7 @@ def _fmt(value, spec: str = '.4g') -> str:
     return 'n/a' if value is None else format(value, spec)
 
 
-def _mean_std(values: Sequence[float | None], spec: str) -> str:
+def mean_std(values: Sequence[float | None], spec: str) -> str:
     present = [v for v in values if v is not None]
     if not present:
         return 'n/a'
@@ -286,21 +286,21 @@ def _runs_table(runs: Sequence[Run]) -> list[str]:
     return lines
 
 
-def _dominated_seeds(run: Run) -> int:
-    """How many seeds the run's best child by fitness Pareto-dominates
-    (test error and parameters, both no worse and one better)."""
+def dominated_seeds(run: Run) -> list[store.Candidate]:
+    """The seeds that the run's best child by fitness Pareto-dominates in
+    (test error, parameters): no worse in both and better in one. Empty when
+    no child was scored."""
     best = summaries.best_candidates(run.children, 1, alpha=run.alpha,
                                      objectives=run.objectives)
     test_key = run.objectives[1]
     if not best or (b := summaries.error_size_point(best[0], test_key)) is None:
-        return 0
-    count = 0
+        return []
+    dominated = []
     for seed in run.seeds:
-        if (s := summaries.error_size_point(seed, test_key)) is None:
-            continue
-        if b[0] <= s[0] and b[1] <= s[1] and b != s:
-            count += 1
-    return count
+        s = summaries.error_size_point(seed, test_key)
+        if s is not None and b[0] <= s[0] and b[1] <= s[1] and b != s:
+            dominated.append(seed)
+    return dominated
 
 
 def _summary_table(groups: dict[str, list[Run]]) -> list[str]:
@@ -310,14 +310,14 @@ def _summary_table(groups: dict[str, list[Run]]) -> list[str]:
              '|---|---:|---:|---:|---:|---:|---|']
     for method, runs in groups.items():
         finals = [run.stats[-1] for run in runs]
-        dominated = ', '.join(f'{_dominated_seeds(run)}/{len(run.seeds)}'
+        dominated = ', '.join(f'{len(dominated_seeds(run))}/{len(run.seeds)}'
                               for run in runs)
         lines.append(
             f'| {method} | {len(runs)} '
             f"| {', '.join(str(len(run.children)) for run in runs)} "
-            f"| {_mean_std([s.best_fitness for s in finals], ',.1f')} "
-            f"| {_mean_std([s.hypervolume_test for s in finals], '.4f')} "
-            f"| {_mean_std([s.hypervolume_val for s in finals], '.4f')} "
+            f"| {mean_std([s.best_fitness for s in finals], ',.1f')} "
+            f"| {mean_std([s.hypervolume_test for s in finals], '.4f')} "
+            f"| {mean_std([s.hypervolume_val for s in finals], '.4f')} "
             f'| {dominated} |')
     return lines
 
@@ -457,7 +457,8 @@ def write_report(runs: Sequence[Run], out: str, *, rng: np.random.Generator,
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_string('workdir', [], 'A search workdir to report (repeat '
                           'the flag, or list workdirs as positional arguments).')
-flags.DEFINE_string('out', None, 'Output folder for report.md and the PNGs.')
+flags.DEFINE_string('out', None, 'Output folder for report.md and the PNGs '
+                    '(required).')
 flags.DEFINE_integer('top_k', 20, "Figure 2a: each run's top-k children by fitness.",
                      lower_bound=1)
 flags.DEFINE_integer('num_best', 3, 'Best programs listed per run.', lower_bound=1)
@@ -466,11 +467,15 @@ flags.DEFINE_integer('bootstrap_samples', 100, 'Figure 2b: samples at each x.',
 flags.DEFINE_integer('bootstrap_size', 20, 'Figure 2b: size of each sample.',
                      lower_bound=1)
 flags.DEFINE_integer('seed', 0, 'Seed of the bootstrap random generator.')
-flags.mark_flag_as_required('out')
 
 
 def main(argv: Sequence[str]) -> None:
     workdirs = list(FLAGS.workdir) + list(argv[1:])
+    # Checked here rather than with flags.mark_flag_as_required, which would
+    # make every program that imports this module (a benchmark) require --out.
+    if not FLAGS.out:
+        raise app.UsageError('--out is required: the folder for report.md and '
+                             'the PNGs')
     if not workdirs:
         raise app.UsageError('give at least one workdir (--workdir=DIR or DIR)')
     try:

@@ -141,7 +141,32 @@ def test_bad_workdirs_fail_clearly(tmp_path, setup, words):
         report.load_run(str(workdir))
 
 
+def test_dominated_seeds_are_those_the_best_child_beats_on_both_axes(tmp_path):
+    workdir = str(tmp_path / 'run')
+    write_search(workdir, method='evoprompting', seed=0, rounds=0)
+    def ok(params, acc):
+        return base.EvalResult(base.Status.OK, 'ok', f'{params}', params=params,
+                               metrics={'val_accuracy': acc, 'test_accuracy': acc,
+                                        'best_step': 1})
+
+    with store.CandidateStore.open(workdir) as s:
+        # Fitness -(params x val error): 45,000 x 0.05 = -2,250 is the best;
+        # the 3,000-parameter child is over alpha (error 0.8) and not scored.
+        for params, acc in ((45_000, 0.95), (3_000, 0.20)):
+            s.append(store.Candidate(id=len(s), round=0, source=f'# {params}\n',
+                                     result=ok(params, acc), parents=(0,)))
+    run = report.load_run(workdir)
+    # Seeds (params, test accuracy): (5,210, .87), (60k, .79), (41k, .69),
+    # (100k, .59). The best child is larger than two of them.
+    assert [c.result.params for c in report.dominated_seeds(run)] == [
+        60_000, 100_000]
+    assert report.mean_std([1.0, None, 3.0], '.1f') == '2.0 ± 1.0'
+    assert report.mean_std([None], '.1f') == 'n/a'
+
+
 def test_binary_usage_errors(tmp_path):
+    proc = run_report(str(tmp_path))
+    assert proc.returncode != 0 and '--out is required' in proc.stderr
     proc = run_report(f'--out={tmp_path / "out"}')
     assert proc.returncode != 0 and 'at least one workdir' in proc.stderr
     proc = run_report(f'--out={tmp_path / "out"}', str(tmp_path / 'nope'))

@@ -51,6 +51,8 @@ CONTRACT = (
     " as 'batch_stats' are updated while training.")
 
 PREAMBLE = 'import jax\nimport jax.numpy as jnp\nimport flax.linen as nn\n'
+# The line every prompt ends with and every child starts from.
+PROMPT_OPENING = 'class Model(nn.Module):'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,7 +199,7 @@ class Mnist1dTask:
 
     @property
     def prompt_opening(self) -> str:
-        return 'class Model(nn.Module):'
+        return PROMPT_OPENING
 
     @property
     def objectives(self) -> tuple[str, str]:
