@@ -228,13 +228,14 @@ def test_short_training_run(cache):
 
 
 @pytest.mark.slow
-def test_v1_trains_on_bfs_and_beats_an_untrained_model(cache):
+@pytest.mark.parametrize('seed_name', sorted(SEEDS))
+def test_every_seed_trains_on_bfs_and_beats_an_untrained_model(cache, seed_name):
     splits = train.Splits(
         train=[_dataset(cache, 'bfs', size=n, count=200, split='train',
                         seed=10 + n) for n in (5, 8)],
         val=_dataset(cache, 'bfs', size=8, count=32, seed=2),
         test=_dataset(cache, 'bfs', size=12, count=32, split='test', seed=3))
-    fn = processors.trusted_triplet_fn(SEEDS['v1_standard'])
+    fn = processors.trusted_triplet_fn(SEEDS[seed_name])
 
     def run(steps):
         config = train.TrainConfig(num_steps=steps, eval_every=steps,
