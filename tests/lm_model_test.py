@@ -42,7 +42,8 @@ def _decode(config):
     return jax.jit(
         lambda params, tokens, **kw: model_lib.Transformer(config).apply(
             {'params': params}, tokens, method=model_lib.Transformer.decode, **kw),
-        static_argnames='last_only', compiler_options=testing.FAST_COMPILE)
+        static_argnames=('last_only', 'prefill'),
+        compiler_options=testing.FAST_COMPILE)
 
 
 def _left_padded(rng, vocab_size, lengths, width):
@@ -189,11 +190,20 @@ def test_cached_decoding_equals_full_forward(variant, prefix_length):
     np.testing.assert_allclose(cached[real], np.asarray(full)[real],
                                atol=1e-5, rtol=0)
 
-    if variant == 'gqa_bias_tied':  # The sampler's prefill: last column only.
-        last, _ = decode(params, tokens, positions=positions, segment_ids=segment_ids,
-                         cache=model_lib.init_cache(config, 3, prefix_length + width),
-                         prefix_embeddings=prefix, last_only=True)
-        np.testing.assert_allclose(last[:, 0], full[:, -1], atol=1e-5, rtol=0)
+    if variant == 'gqa_bias_tied':
+        # The sampler's prefill: last column only, attending within the chunk
+        # (prefill=True) or over every slot of the cache: the same logits and
+        # the same cache.
+        caches = []
+        for within_chunk in (False, True):
+            last, filled = decode(
+                params, tokens, positions=positions, segment_ids=segment_ids,
+                cache=model_lib.init_cache(config, 3, prefix_length + width + 4),
+                prefix_embeddings=prefix, last_only=True, prefill=within_chunk)
+            np.testing.assert_allclose(last[:, 0], full[:, -1], atol=1e-5, rtol=0)
+            caches.append(filled)
+        for a, b in zip(jax.tree.leaves(caches[0]), jax.tree.leaves(caches[1])):
+            np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
 
 
 # -- Partitioning. ----------------------------------------------------------

@@ -3,6 +3,7 @@
 import functools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -137,6 +138,14 @@ def test_sample_from_logits_filters_and_temperatures():
     mixed = np.where(np.arange(rows) % 2 == 0, 0.0, 1.0).astype(np.float32)
     chosen = np.asarray(_choose(logits, key, mixed))
     assert (chosen[::2] == 0).all() and len(set(chosen[1::2].tolist())) == 4
+
+
+def test_first_argmax_is_argmax():
+    rng = np.random.default_rng(0)
+    rows = rng.integers(0, 5, (64, 33)).astype(np.float32)  # Many ties.
+    rows[::3, ::2] = -np.inf  # Filtered entries.
+    np.testing.assert_array_equal(sampler.first_argmax(jnp.asarray(rows)),
+                                  np.argmax(rows, axis=-1))
 
 
 # -- The jitted sampler. ------------------------------------------------------
