@@ -143,6 +143,15 @@ def curves(series: Sequence[Curve], *, title: str, xlabel: str, ylabel: str,
         ax.axhline(reference[1], color='black', linestyle='--', linewidth=1,
                    label=reference[0])
     ax.set_yscale(yscale)
+    values = np.concatenate(
+        [np.ravel(v) for s in series for v in (s.low, s.high)]
+        + ([np.array([reference[1]])] if reference is not None else [])
+        + [np.zeros(0)])
+    values = values[np.isfinite(values)]
+    if yscale == 'symlog' and values.size and values.max() < 0:
+        # All negative (fitness): symlog's autoscale would also show decades
+        # of positive values that no curve reaches.
+        ax.set_ylim(values.min() * 2, values.max() / 2)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)

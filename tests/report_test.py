@@ -195,3 +195,12 @@ def test_report_of_a_run_that_has_scored_no_child(tmp_path):
     assert '| run | evoprompting | 3 | 3 (100%) |' in text
     for name in report.FIGURES.values():
         assert (tmp_path / 'out' / name).read_bytes().startswith(PNG_MAGIC)
+
+
+def test_negative_symlog_curves_are_framed_by_their_values():
+    curve = report.plots.Curve('fitness', [1, 2, 3], [-5000, -800, -400],
+                               [-9000, -1000, -500], [-3000, -600, -300])
+    fig = report.plots.curves([curve], title='t', xlabel='x', ylabel='y',
+                              yscale='symlog', reference=('best seed', -437.6))
+    low, high = fig.axes[0].get_ylim()
+    assert low == -18000 and high == -150
