@@ -43,12 +43,13 @@ every layer's arrays are updated in place and read once per step. Heads come
 first and keys are stored transposed, so that neither attention product
 copies the cache into another layout (`_attend` says how each is computed).
 A prefill into an empty cache (`decode(..., prefill=True)`) attends within
-its chunk instead of over every slot. The layers are separate arrays because `decode` runs the layer stack unrolled (a
-Python loop over the scanned parameters): a scan over a stacked cache copies
-every layer's cache out and back at every step (with the transposes, decoding
-at batch 16 ran ~2.5x slower on CPU). `__call__` (training, tuning, scoring)
-keeps the scan, so its compile time does not grow with depth; `decode`
-compiles one copy of the layer per layer.
+its chunk instead of over every slot. The layers are separate arrays because
+`decode` runs the layer stack unrolled (a Python loop over the scanned
+parameters): a scan over a stacked cache copies every layer's cache out and
+back at every step (with the transposes, decoding at batch 16 ran ~2.5x
+slower on CPU). `__call__` (training, tuning, scoring) keeps the scan, so its
+compile time does not grow with depth; `decode` compiles one copy of the
+layer per layer.
 
 Logical axis names (see `lm.partitioning.standard_logical_axis_rules`):
 parameters use `vocab`, `embed`, `heads`, `kv_heads`, `kv` (the head
@@ -496,19 +497,18 @@ class Transformer(nn.Module):
         if cache is None:
             index = jnp.zeros((), jnp.int32)
             k_segment_ids, kv = segment_ids, None
-            q_slots = k_slots = jnp.arange(length)
         else:
             index = cache.index
             k_segment_ids = jax.lax.dynamic_update_slice(
                 cache.segment_ids, segment_ids, (0, index))
             kv = (cache.k, cache.v)
-            q_slots = index + jnp.arange(length)
-            k_slots = jnp.arange(cache.length)
-        if prefill:  # A [B, L, L] mask: `Attention` attends within the chunk.
+        if cache is None or prefill:  # [B, L, L]: attend within the chunk.
             mask = attention_mask(segment_ids, segment_ids, jnp.arange(length),
                                   jnp.arange(length))
-        else:
-            mask = attention_mask(segment_ids, k_segment_ids, q_slots, k_slots)
+        else:  # [B, L, S]: attend over the cache's slots.
+            mask = attention_mask(segment_ids, k_segment_ids,
+                                  index + jnp.arange(length),
+                                  jnp.arange(cache.length))
 
         if cache is None:
             x, _ = self.layers(x, None, positions, mask, index)

@@ -230,8 +230,8 @@ def sample_from_logits(logits: jax.Array, rng: jax.Array, temperatures: jax.Arra
 
 
 def first_argmax(x: jax.Array) -> jax.Array:
-    """`jnp.argmax(x, axis=-1)` (the first maximum) for finite `[B, V]` rows,
-    as a max and a min: XLA:CPU runs these two plain reductions faster than
+    """`jnp.argmax(x, axis=-1)` (the first maximum) for `[B, V]` rows without
+    NaN (-inf entries are fine), as a max and a min: XLA:CPU runs these two plain reductions faster than
     the paired value-index reduction of `argmax` (with the sampling around
     it, a step took 2.1 ms against 0.8 ms at [16, 4096])."""
     top = jnp.max(x, axis=-1, keepdims=True)
