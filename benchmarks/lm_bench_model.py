@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import jax.numpy as jnp
 import torch_subprocess  # pylint: disable=g-import-not-at-top
 
 from lm import checkpoints, serving, testing
@@ -27,6 +28,8 @@ HF_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)),
 # benchmarks/hf_reference.py `make` flags.
 MODEL = {'hidden': 256, 'layers': 6, 'heads': 8, 'kv_heads': 4, 'mlp': 704,
          'vocab': 4096, 'max_len': 2048}
+# The served dtypes a benchmark's --dtype flag offers.
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 _VOCAB_TEXT = 'def __call__(self, x):\n    return nn.relu(nn.Dense(64)(x))\n'
 
 

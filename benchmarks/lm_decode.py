@@ -61,7 +61,6 @@ import torch_subprocess  # pylint: disable=g-import-not-at-top,wrong-import-posi
 from lm import partitioning, sampler  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 TARGET_RATIO = 2.0
-DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list('batch_sizes', ['1', '16'], 'Batch sizes to measure.')
@@ -76,7 +75,7 @@ flags.DEFINE_string(
 flags.DEFINE_integer('torch_threads', 2, 'torch.set_num_threads for transformers.')
 flags.DEFINE_string('checkpoint', '', 'Serve this Hugging Face folder instead '
                     'of a new random Llama.')
-flags.DEFINE_enum('dtype', 'float32', list(DTYPES), 'Served dtype (ours only; '
+flags.DEFINE_enum('dtype', 'float32', list(lm_bench_model.DTYPES), 'Served dtype (ours only; '
                   'transformers runs float32).')
 flags.DEFINE_float('peak_bandwidth_gbs', 3350.0,
                    'Peak memory bandwidth of the accelerator, GB/s (H100 SXM).')
@@ -210,7 +209,7 @@ def main(argv):
     try:
         served, folder, how = lm_bench_model.prepare(
             checkpoint=FLAGS.checkpoint, torch_python=torch_python,
-            workdir=workdir, dtype=DTYPES[FLAGS.dtype], seed=FLAGS.seed)
+            workdir=workdir, dtype=lm_bench_model.DTYPES[FLAGS.dtype], seed=FLAGS.seed)
         log(f'model: {how}; {served.config}')
         prompts = np.random.default_rng(FLAGS.seed).integers(
             3, served.config.vocab_size, (max(batch_sizes), FLAGS.prompt_length),
