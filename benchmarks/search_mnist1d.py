@@ -159,11 +159,11 @@ def dominates_reference(run: report.Run, reference_source: str) -> bool | None:
     """Whether the run's best child by fitness Pareto-dominates the seed with
     `reference_source` (`report.dominated_seeds`); None if that seed was not
     scored or no child was."""
-    seed = [c for c in run.seeds if c.source == reference_source]
-    if (not seed or summaries.error_size_point(seed[0]) is None
-            or not summaries.best_candidates(run.children, 1, alpha=run.alpha)):
+    seed = next((c for c in run.seeds if c.source == reference_source), None)
+    if (seed is None or report.best_child(run) is None
+            or summaries.error_size_point(seed, run.objectives[1]) is None):
         return None
-    return any(c.source == reference_source for c in report.dominated_seeds(run))
+    return seed in report.dominated_seeds(run)
 
 
 def table(groups: dict[str, list[report.Run]], reference_source: str) -> list[str]:

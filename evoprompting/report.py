@@ -286,14 +286,20 @@ def _runs_table(runs: Sequence[Run]) -> list[str]:
     return lines
 
 
+def best_child(run: Run) -> store.Candidate | None:
+    """The run's best child by fitness; None when no child was scored."""
+    best = summaries.best_candidates(run.children, 1, alpha=run.alpha,
+                                     objectives=run.objectives)
+    return best[0] if best else None
+
+
 def dominated_seeds(run: Run) -> list[store.Candidate]:
     """The seeds that the run's best child by fitness Pareto-dominates in
     (test error, parameters): no worse in both and better in one. Empty when
     no child was scored."""
-    best = summaries.best_candidates(run.children, 1, alpha=run.alpha,
-                                     objectives=run.objectives)
+    best = best_child(run)
     test_key = run.objectives[1]
-    if not best or (b := summaries.error_size_point(best[0], test_key)) is None:
+    if best is None or (b := summaries.error_size_point(best, test_key)) is None:
         return []
     dominated = []
     for seed in run.seeds:
