@@ -31,11 +31,10 @@ from clrs_tasks import metrics
 from clrs_tasks import model as model_lib
 from clrs_tasks import processors
 from evoprompting.tasks import base
-# The compile settings measured for MNIST-1D (see classifier_training): fast
-# compiles for init and evaluation, level 1 for the training step.
-from evoprompting.tasks.classifier_training import FAST_COMPILE
-from evoprompting.tasks.classifier_training import TRAIN_COMPILE
+# The compile settings measured for MNIST-1D (see classifier_training): on CPU,
+# fast compiles for init and evaluation, level 1 for the training step.
 from evoprompting.tasks.classifier_training import batch_order
+from evoprompting.tasks.classifier_training import compiler_options
 
 Status = base.Status
 _EPS = 1e-12
@@ -78,15 +77,15 @@ class TrainConfig:
             raise ValueError(f'unknown processor {self.processor!r}')
 
 
-def compile_once(fn: Any, *args: Any, options: Mapping[str, Any] | None = None
-                 ) -> Any:
-    """`jax.jit(fn)` compiled for `args`, by default with the fast settings.
+def compile_once(fn: Any, *args: Any, purpose: str = 'once') -> Any:
+    """`jax.jit(fn)` compiled for `args` with `compiler_options(purpose)`.
 
-    For code that runs once or rarely (init, evaluation), where XLA's
-    optimisations cost more compile time than they save.
+    The default, 'once', is for code that runs once or rarely (init,
+    evaluation), where XLA:CPU's optimisations cost more compile time than they
+    save; 'train' for the training step.
     """
     return jax.jit(fn).lower(*args).compile(
-        compiler_options=FAST_COMPILE if options is None else options)
+        compiler_options=compiler_options(purpose))
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -241,14 +240,14 @@ def train_and_evaluate(triplet_fn: Any, splits: Splits, config: TrainConfig,
     compiled = {}
     compile_s = 0.0
 
-    def run(name, fn, options, *args):
-        """fn(*args), compiled once per argument shapes with `options`."""
+    def run(name, fn, purpose, *args):
+        """fn(*args), compiled once per argument shapes for `purpose`."""
         nonlocal compile_s
         shapes = jax.tree.map(lambda x: (x.shape, x.dtype), args)
         key = (name, jax.tree.structure(args), tuple(jax.tree.leaves(shapes)))
         if key not in compiled:
             start = time.perf_counter()
-            compiled[key] = compile_once(fn, *args, options=options)
+            compiled[key] = compile_once(fn, *args, purpose=purpose)
             compile_s += time.perf_counter() - start
         return compiled[key](*args)
 
@@ -281,8 +280,8 @@ def train_and_evaluate(triplet_fn: Any, splits: Splits, config: TrainConfig,
         for rows in data_lib.eval_batches(dataset.num_samples,
                                           config.eval_batch_size):
             batch = _host_batch(dataset, rows, config.eval_batch_size)
-            out = jax.device_get(run('predict', predict, FAST_COMPILE,
-                                     params, batch))
+            out = jax.device_get(run('predict', predict, 'once', params,
+                                     batch))
             preds.append({k: v[:len(rows)] for k, v in out.items()})
         stacked = {k: np.concatenate([p[k] for p in preds]) for k in preds[0]}
         return metrics.score(spec, dataset.outputs, stacked)
@@ -291,7 +290,7 @@ def train_and_evaluate(triplet_fn: Any, splits: Splits, config: TrainConfig,
     orders = [batch_order(pool.num_samples, config.batch_size,
                           -(-config.num_steps // sizes), seed + i)
               for i, pool in enumerate(splits.train)]
-    state = run('init', init, FAST_COMPILE, sample)
+    state = run('init', init, 'once', sample)
     compile_s = time.perf_counter() - t0  # Model building and init.
     best = {'score': -np.inf, 'step': 0, 'params': None}
     val_history = []
@@ -299,7 +298,7 @@ def train_and_evaluate(triplet_fn: Any, splits: Splits, config: TrainConfig,
         size = step % sizes
         batch = _host_batch(splits.train[size], orders[size][step // sizes],
                             config.batch_size)
-        state, loss = run('train', train_step, TRAIN_COMPILE, state, batch)
+        state, loss = run('train', train_step, 'train', state, batch)
         last = step + 1 == config.num_steps
         if (step + 1) % config.eval_every == 0 or last:
             if not np.isfinite(float(loss)):

@@ -29,13 +29,13 @@ The shape of the training loop is chosen per model by a fixed rule (see
 The rule depends only on the program, never on timing, so a program's numbers
 do not depend on the machine's load.
 
-Compilation (see `FAST_COMPILE`, `TRAIN_COMPILE`): init and evaluation,
-which run once or rarely, compile with XLA's backend optimisations and fusion
-emitters off; the training chunk at optimisation level 1. The three programs
-are lowered one after the other (tracing needs the GIL), the chunk first, and
-compiled on threads (XLA compiles without the GIL), so the compiles overlap the
-lowering and each other, and the evaluation's compile overlaps the first
-training calls. `compile_s` is the wall-clock time the evaluation waited for
+Compilation (see `compiler_options`): on CPU, init and evaluation, which run
+once or rarely, compile with XLA's backend optimisations and fusion emitters
+off, and the training chunk at optimisation level 1; other backends use XLA's
+defaults. The three programs are lowered one after the other (tracing needs
+the GIL), the chunk first, and compiled on threads (XLA compiles without the
+GIL), so the compiles overlap the lowering and each other, and the
+evaluation's compile overlaps the first training calls. `compile_s` is the wall-clock time the evaluation waited for
 tracing and compiling (before training, and at the first validation if its
 compile was not done); `train_s` is the rest of the loop (training,
 validation and test scoring).
@@ -62,19 +62,39 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from evoprompting.tasks import base
 
 Status = base.Status
-# For code that runs once or rarely (init, evaluation): XLA's backend
+# XLA:CPU settings, measured on the 2-core CPU (see `compiler_options`).
+# 'once', for code that runs once or rarely (init, evaluation): XLA's backend
 # optimisations and its MLIR fusion emitters cost more compile time than they
-# save. On the 2-core CPU: init compiles ~4x faster at level 0, and without the
-# fusion emitters init ~1.5x and evaluation 2-3x faster again (evaluation of
-# 1,500 examples then runs 2-40 ms instead of 1-13 ms). Never for the train
-# step: its steps ran ~1.4x slower at level 0, and the GRU's ~1.5x slower
-# without fusion emitters.
-FAST_COMPILE = {'xla_backend_optimization_level': 0,
-                'xla_cpu_use_fusion_emitters': False}
-# For the training chunk: level 1 compiled the seeds' chunks 15-30% faster than
-# the default (3) and their steps ran as fast (the heavy work is in library
-# calls: Eigen, XNNPACK).
-TRAIN_COMPILE = {'xla_backend_optimization_level': 1}
+# save. Init compiles ~4x faster at level 0, and without the fusion emitters
+# init ~1.5x and evaluation 2-3x faster again (evaluation of 1,500 examples
+# then runs 2-40 ms instead of 1-13 ms). Never for the train step: its steps
+# ran ~1.4x slower at level 0, and the GRU's ~1.5x slower without fusion
+# emitters.
+# 'train', for the training step: level 1 compiled the seeds' chunks 15-30%
+# faster than the default (3) and their steps ran as fast (the heavy work is in
+# library calls: Eigen, XNNPACK).
+_CPU_COMPILER_OPTIONS = {
+    'once': {'xla_backend_optimization_level': 0,
+             'xla_cpu_use_fusion_emitters': False},
+    'train': {'xla_backend_optimization_level': 1},
+}
+
+
+def compiler_options(purpose: str) -> dict[str, Any]:
+    """XLA compiler options for `purpose`: 'once' (init, evaluation) or 'train'.
+
+    The settings are XLA:CPU tuning, and `xla_cpu_use_fusion_emitters` exists
+    only there, so on any other default backend (GPU, TPU) this returns {}:
+    XLA's own defaults, which are tuned for those backends.
+    """
+    if purpose not in _CPU_COMPILER_OPTIONS:
+        raise ValueError(f'unknown compile purpose {purpose!r}; expected one '
+                         f'of {sorted(_CPU_COMPILER_OPTIONS)}')
+    if jax.default_backend() != 'cpu':
+        return {}
+    return dict(_CPU_COMPILER_OPTIONS[purpose])
+
+
 # Primitives after which a model trains by unrolled steps (see `loop_plan`).
 _UNROLL_PRIMITIVES = frozenset({'conv_general_dilated'})
 
@@ -369,13 +389,13 @@ def train_and_evaluate(model_cls: Any, splits: Any, config: Any, *,
                 jax.jit(chunk_leaves, donate_argnums=0,
                         out_shardings=replicated).lower(
                             abstract_state, train_x, train_y, order[0]).compile,
-                TRAIN_COMPILE)
+                compiler_options('train'))
             init_future = compiler.submit(init_traced.lower().compile,
-                                          FAST_COMPILE)
+                                          compiler_options('once'))
             eval_future = compiler.submit(
                 jax.jit(evaluate_leaves).lower(abstract_state,
                                                *eval_arrays).compile,
-                FAST_COMPILE)
+                compiler_options('once'))
             state = init_future.result()(seed_arg)
             chunk_fn = chunk_future.result()
         compile_s = time.perf_counter() - t0
