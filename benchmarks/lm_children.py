@@ -2,7 +2,8 @@ r"""Does the default LM do what EvoPrompting needs of it? (issue 4, section 7)
 
     python benchmarks/lm_children.py [--checkpoint=default|EXPORT_DIR] \
         [--corpus_dir=DIR] [--num_prompts=6] [--samples=5] \
-        [--prompt_token_bias=0,8] [--max_new_tokens=384] [--seed=0]
+        [--copy_weight=0,0.7] [--copy_min_match=8] \
+        [--max_new_tokens=384] [--seed=0]
 
 Prompts are the search's few-shot prompts (`prompts.few_shot_prompt`, the
 MNIST-1D preamble-free code, the target of `prompts.target_metrics`, opening
@@ -10,8 +11,8 @@ MNIST-1D preamble-free code, the target of `prompts.target_metrics`, opening
 width, kernel and activation redrawn by a generator seeded apart from the
 corpus (`corpus.random_parent`); with --corpus_dir, parents found in the
 corpus are replaced. Every prompt is sampled `--samples` times at each of the
-paper's temperatures {0.2, 0.6, 0.8, 1.0}, for each `--prompt_token_bias`
-(0 = the plain LM; see `lm.serving.LanguageModel.prompt_token_bias`).
+paper's temperatures {0.2, 0.6, 0.8, 1.0}, for each `--copy_weight` of the
+copy prior (`lm.sampler`; 0 = the plain LM).
 
 Per temperature:
   * valid: the child parses, passes `sandbox.validator.validate`, and builds
@@ -23,8 +24,10 @@ Per temperature:
     --corpus_dir, anywhere in the corpus). `control` is the same count
     against the parents of a different prompt: the rate of chance matches;
   * within 2x: valid children whose parameter count is within a factor 2 of
-    the prompt's target.
-Ends with one SUMMARY line (all temperatures pooled, per bias).
+    the prompt's target;
+  * a parent verbatim: valid children whose code is one of the parents'
+    (same AST): no new architecture, a wasted evaluation in a search.
+Ends with one SUMMARY line (all temperatures pooled, per setting).
 """
 
 from __future__ import annotations
@@ -46,7 +49,8 @@ flags.DEFINE_string('checkpoint', 'default', "'default' or an export folder.")
 flags.DEFINE_string('corpus_dir', '', 'Corpus folder, to exclude its layers.')
 flags.DEFINE_integer('num_prompts', 6, 'Prompts (parent pairs).')
 flags.DEFINE_integer('samples', 5, 'Samples per prompt and temperature.')
-flags.DEFINE_list('prompt_token_bias', ['0', '8'], 'Copy priors to compare.')
+flags.DEFINE_list('copy_weight', ['0', '0.7'], 'Copy-prior weights to compare.')
+flags.DEFINE_integer('copy_min_match', 8, 'The copy prior\'s minimum match.')
 flags.DEFINE_integer('max_new_tokens', 384, 'Tokens per child at most.')
 flags.DEFINE_integer('seed', 0, 'Seed of the parents and of sampling.')
 flags.DEFINE_bool('build_worker', False, 'Internal: build JSON sources from stdin.')
@@ -72,6 +76,11 @@ def build_in_subprocess(sources: list[str]) -> list[int | None]:
         capture_output=True, timeout=1800, check=True,
         env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
     return [json.loads(line) for line in out.stdout.splitlines()]
+
+
+def _ast_key(code: str) -> str:
+    """`code` up to formatting and comments (its AST dump)."""
+    return ast.dump(ast.parse(code))
 
 
 def corpus_layers(corpus_dir: str) -> tuple[set[str], set[str]]:
@@ -130,7 +139,8 @@ def main(argv):
         if len(lm.vocab.encode(text)) > room:
             continue  # Too long for the context with room for a child.
         own = set().union(*(corpus.layer_calls(p.code) for p in pair)) - known
-        cases.append({'prompt': text, 'target': target.num_params, 'own': own})
+        cases.append({'prompt': text, 'target': target.num_params, 'own': own,
+                      'parents': {_ast_key(p.code) for p in pair}})
     if len(cases) < FLAGS.num_prompts:
         sys.exit(f'error: only {len(cases)} prompts fit the context with room for '
                  f'{FLAGS.max_new_tokens} new tokens')
@@ -138,9 +148,11 @@ def main(argv):
 
     temps = [t for t in TEMPERATURES for _ in range(FLAGS.samples)]
     summary = []
-    for bias_text in FLAGS.prompt_token_bias:
-        bias = float(bias_text)
-        model = dataclasses.replace(lm, prompt_token_bias=bias)
+    for copy_weight in map(float, FLAGS.copy_weight):
+        name = (f'copy_weight={copy_weight:g}, '
+                f'copy_min_match={FLAGS.copy_min_match}')
+        model = dataclasses.replace(lm, copy_weight=copy_weight,
+                                    copy_min_match=FLAGS.copy_min_match)
         tic = time.time()
         texts = model.generate([c['prompt'] for c in cases], num_samples=len(temps),
                                max_new_tokens=FLAGS.max_new_tokens,
@@ -159,15 +171,16 @@ def main(argv):
                 rows.append((i, t, child, parses, ok))
         sizes = iter(build_in_subprocess([r[2] for r in rows if r[4]]))
         built = [next(sizes) if r[4] else None for r in rows]
-        print(f'\nprompt_token_bias={bias}: {len(rows)} samples in {sample_s:.0f} s')
+        print(f'\n{name}: {len(rows)} samples in {sample_s:.0f} s')
         print('temperature | parse | valid | parent-conditioned (of valid) | '
-              'control | within 2x (of valid)')
-        pooled = np.zeros(5)
+              'control | within 2x (of valid) | a parent verbatim (of valid)')
+        pooled = ()
         for t in (*TEMPERATURES, 'all'):
             picked = [(r, n) for r, n in zip(rows, built) if t == 'all' or r[1] == t]
             valid = [(r, n) for r, n in picked if n is not None]
-            cond = ctrl = near = 0
+            cond = ctrl = near = same = 0
             for (i, _, child, _, _), n in valid:
+                same += _ast_key(child) in cases[i]['parents']
                 layers = corpus.layer_calls(child)
                 cond += bool(layers & cases[i]['own'])
                 other = cases[(i + 1) % len(cases)]['own'] - cases[i]['own']
@@ -176,14 +189,16 @@ def main(argv):
             nv = max(1, len(valid))
             print(f'{t!s:>11} | {sum(r[3] for r, _ in picked) / len(picked):5.0%} | '
                   f'{len(valid) / len(picked):5.0%} | {cond / nv:29.0%} | '
-                  f'{ctrl / nv:7.0%} | {near / nv:20.0%}')
+                  f'{ctrl / nv:7.0%} | {near / nv:20.0%} | {same / nv:28.0%}')
             if t == 'all':
-                pooled = (len(valid) / len(picked), cond / nv, ctrl / nv, near / nv)
+                pooled = (len(valid) / len(picked), cond / nv, ctrl / nv,
+                          near / nv, same / nv)
         ended = sum('class Model' not in r[2][20:] for r in rows) / len(rows)
         print(f'children without a second class statement: {ended:.0%}')
-        summary.append(f'bias {bias:g}: valid {pooled[0]:.0%}, parent-conditioned '
-                       f'{pooled[1]:.0%} (control {pooled[2]:.0%}), within 2x '
-                       f'{pooled[3]:.0%}')
+        summary.append(f'copy {copy_weight:g}: valid '
+                       f'{pooled[0]:.0%}, parent-conditioned {pooled[1]:.0%} '
+                       f'(control {pooled[2]:.0%}), within 2x {pooled[3]:.0%}, '
+                       f'a parent verbatim {pooled[4]:.0%}')
     print(f'\nSUMMARY lm_children ({len(cases)} prompts x {len(temps)} samples, '
           f'{FLAGS.checkpoint}): ' + '; '.join(summary))
 

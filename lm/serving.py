@@ -63,10 +63,10 @@ class LanguageModel:
       batch_size: rows per sampling call.
       stop_strings: samples are cut before the first of these.
       top_k, top_p: sampling filters (0 and 1.0 disable them).
-      prompt_token_bias: added to the logits of every token id that occurs
-        in the row's prompt, and of EOS (0 disables it): a copy prior that
-        makes a small model reuse what its prompt shows (names, numbers)
-        over what it recalls from training.
+      copy_weight, copy_min_match: the sampler's copy prior (prompt lookup,
+        `lm.sampler`): it makes a small model continue what its prompt shows
+        (the parents' layers) instead of what it recalls from training;
+        copy_weight 0 disables it.
       tuning: soft-prompt tuning settings used by `tune`.
     """
 
@@ -79,7 +79,8 @@ class LanguageModel:
     stop_strings: tuple[str, ...] = ()
     top_k: int = 0
     top_p: float = 1.0
-    prompt_token_bias: float = 0.0
+    copy_weight: float = 0.0
+    copy_min_match: int = 4
     tuning: prompt_tuning.TuningConfig = prompt_tuning.TuningConfig()
 
     @classmethod
@@ -122,20 +123,12 @@ class LanguageModel:
             filled = chunk + [(chunk[0][0], 0.0)] * (self.batch_size - len(chunk))
             batch = sampler.pad_prompts([encoded[p] for p, _ in filled],
                                         pad_id=self.vocab.pad_id, max_length=room)
-            bias = None
-            if self.prompt_token_bias:
-                bias = np.zeros((len(filled), self.config.vocab_size), np.float32)
-                for row, (p, _) in enumerate(filled):
-                    # EOS too: ending a sample is never penalised.
-                    ids = np.append(np.unique(encoded[p]), self.vocab.eos_id)
-                    bias[row, ids] = self.prompt_token_bias
             with partitioning.activate(self.mesh, self.rules):
                 out = sampler.sample(
                     self.model, self.params, batch.tokens, batch.mask,
                     config=config,
                     temperatures=jnp.asarray([t for _, t in filled], jnp.float32),
-                    rng=jax.random.fold_in(rng, j), soft_prompt=soft_prompt,
-                    token_bias=bias)
+                    rng=jax.random.fold_in(rng, j), soft_prompt=soft_prompt)
             tokens, lengths = jax.device_get((out.tokens, out.lengths))
             for row in range(len(chunk)):
                 text = self.vocab.decode(tokens[row, :lengths[row]])
@@ -153,7 +146,8 @@ class LanguageModel:
     def _sampling_config(self, max_new_tokens: int) -> sampler.SamplingConfig:
         return sampler.SamplingConfig(
             max_new_tokens=max_new_tokens, eos_id=self.vocab.eos_id,
-            pad_id=self.vocab.pad_id, top_k=self.top_k, top_p=self.top_p)
+            pad_id=self.vocab.pad_id, top_k=self.top_k, top_p=self.top_p,
+            copy_weight=self.copy_weight, copy_min_match=self.copy_min_match)
 
     def logits(self, token_ids: np.ndarray) -> np.ndarray:
         """float32 `[B, T, vocab]` logits of `[B, T]` token ids."""

@@ -112,6 +112,12 @@ def test_sampling_config_validation():
         sampler.SamplingConfig(max_new_tokens=4, eos_id=1, pad_id=0, top_p=0.0)
     with pytest.raises(ValueError, match='max_new_tokens'):
         sampler.SamplingConfig(max_new_tokens=0, eos_id=1, pad_id=0)
+    with pytest.raises(ValueError, match='copy_weight'):
+        sampler.SamplingConfig(max_new_tokens=4, eos_id=1, pad_id=0,
+                               copy_weight=1.5)
+    with pytest.raises(ValueError, match='copy_min_match'):
+        sampler.SamplingConfig(max_new_tokens=4, eos_id=1, pad_id=0,
+                               copy_weight=0.5, copy_min_match=0)
 
 
 # -- Token choice. ------------------------------------------------------------
@@ -219,3 +225,64 @@ def test_soft_prompt_changes_output_and_a_new_value_does_not_recompile(params):
     expected, lengths, _ = _expected_after_eos(reference, GREEDY.eos_id, GREEDY.pad_id)
     np.testing.assert_array_equal(tuned.tokens, expected)
     np.testing.assert_array_equal(tuned.lengths, lengths)
+
+
+# -- The copy prior (prompt lookup). ------------------------------------------
+
+def test_copy_distribution_follows_the_longest_matches():
+    # Left-padded row 0: "3 5 6 7 8 5 6 7 9 5 6"; the text ends in "9 5 6",
+    # which matches "5 6" twice (never the prompt's own end), both followed by
+    # 7; row 1 has only padding before "5 6" and no earlier match.
+    prompts = [[3, 5, 6, 7, 8, 5, 6, 7, 9, 5, 6], [5, 6]]
+    batch = sampler.pad_prompts(prompts, pad_id=0, buckets=(16,))
+    tokens, mask = jnp.asarray(batch.tokens), jnp.asarray(batch.mask)
+    matches = sampler.initial_matches(tokens, mask)
+    assert int(matches[0].max()) == 2 and int(matches[1].max()) == 0
+    log_probs = sampler.copy_distribution(matches, tokens, vocab_size=12,
+                                          min_match=2)
+    np.testing.assert_allclose(np.exp(log_probs[0]), np.eye(12)[7])
+    assert np.isneginf(log_probs[1]).all()
+    assert np.isneginf(sampler.copy_distribution(
+        matches, tokens, vocab_size=12, min_match=3)).all()
+    # Writing 7 then 9: only the second match goes on ("5 6 7 9", then 5).
+    for token in (7, 9):
+        matches = sampler.extend_matches(matches, tokens, mask,
+                                         jnp.asarray([token, token]))
+    assert int(matches[0].max()) == 4
+    log_probs = sampler.copy_distribution(matches, tokens, vocab_size=12,
+                                          min_match=2)
+    np.testing.assert_allclose(np.exp(log_probs[0]), np.eye(12)[5])
+
+
+def _copy_config(weight, min_match=3, max_new_tokens=6):
+    return sampler.SamplingConfig(max_new_tokens=max_new_tokens, eos_id=1,
+                                  pad_id=0, copy_weight=weight,
+                                  copy_min_match=min_match)
+
+
+def test_full_copy_weight_continues_a_repeated_prompt(params):
+    # "s s[:4]" with a random model: every step has a match of >= 4 tokens, so
+    # copy_weight 1 writes the rest of s, greedy or sampled.
+    s = [40, 17, 93, 8, 61, 25, 77, 12, 55, 31]
+    out = _sample(params, [s + s[:4]], [0.0], config=_copy_config(1.0))
+    np.testing.assert_array_equal(out.tokens[0], s[4:10])
+    out = _sample(params, [s + s[:4]], [1.0], config=_copy_config(1.0), seed=4)
+    np.testing.assert_array_equal(out.tokens[0], s[4:10])
+    plain = _sample(params, [s + s[:4]], [0.0], config=_copy_config(0.0))
+    assert (np.asarray(plain.tokens[0]) != s[4:10]).any()  # The model alone.
+
+
+def test_copy_prior_without_a_long_enough_match_changes_nothing(params):
+    plain = _sample(params, PROMPTS, [1.0, 0.0, 0.7], seed=6,
+                    config=_copy_config(0.0, max_new_tokens=8))
+    never = _sample(params, PROMPTS, [1.0, 0.0, 0.7], seed=6,
+                    config=_copy_config(0.9, min_match=64, max_new_tokens=8))
+    np.testing.assert_array_equal(plain.tokens, never.tokens)
+
+
+def test_copy_prior_is_the_same_alone_and_in_a_padded_batch(params):
+    prompts = [[9, 8, 7, 9, 8], [30, 31, 32, 33, 30, 31, 32, 33, 30, 31, 32]]
+    config = _copy_config(0.5, min_match=2, max_new_tokens=8)
+    together = _sample(params, prompts, [0.0, 0.0], config=config)
+    alone = _sample(params, [prompts[0]], [0.0], config=config)  # Bucket 8.
+    np.testing.assert_array_equal(alone.tokens[0], together.tokens[0])
