@@ -75,8 +75,8 @@ flags.DEFINE_string(
 flags.DEFINE_integer('torch_threads', 2, 'torch.set_num_threads for transformers.')
 flags.DEFINE_string('checkpoint', '', 'Serve this Hugging Face folder instead '
                     'of a new random Llama.')
-flags.DEFINE_enum('dtype', 'float32', list(lm_bench_model.DTYPES), 'Served dtype (ours only; '
-                  'transformers runs float32).')
+flags.DEFINE_enum('dtype', 'float32', list(lm_bench_model.DTYPES),
+                  'Served dtype (ours only; transformers runs float32).')
 flags.DEFINE_float('peak_bandwidth_gbs', 3350.0,
                    'Peak memory bandwidth of the accelerator, GB/s (H100 SXM).')
 flags.DEFINE_integer('seed', 0, 'Seed of the weights, prompts and sampling.')
@@ -209,7 +209,8 @@ def main(argv):
     try:
         served, folder, how = lm_bench_model.prepare(
             checkpoint=FLAGS.checkpoint, torch_python=torch_python,
-            workdir=workdir, dtype=lm_bench_model.DTYPES[FLAGS.dtype], seed=FLAGS.seed)
+            workdir=workdir, dtype=lm_bench_model.DTYPES[FLAGS.dtype],
+            seed=FLAGS.seed)
         log(f'model: {how}; {served.config}')
         prompts = np.random.default_rng(FLAGS.seed).integers(
             3, served.config.vocab_size, (max(batch_sizes), FLAGS.prompt_length),

@@ -65,7 +65,8 @@ flags.DEFINE_string(
     "this interpreter if it has them, else random JAX weights; 'none' skips.")
 flags.DEFINE_string('checkpoint', '', 'Serve this Hugging Face folder instead '
                     'of a new random Llama.')
-flags.DEFINE_enum('dtype', 'float32', list(lm_bench_model.DTYPES), 'Served dtype.')
+flags.DEFINE_enum('dtype', 'float32', list(lm_bench_model.DTYPES),
+                  'Served dtype.')
 flags.DEFINE_integer('seed', 0, 'Seed of the weights, examples and tuning.')
 flags.DEFINE_string('json_out', '', 'Also write every measurement here.')
 
@@ -125,7 +126,8 @@ def main(argv):
     try:
         served, _, how = lm_bench_model.prepare(
             checkpoint=FLAGS.checkpoint, torch_python=torch_python,
-            workdir=workdir, dtype=lm_bench_model.DTYPES[FLAGS.dtype], seed=FLAGS.seed)
+            workdir=workdir, dtype=lm_bench_model.DTYPES[FLAGS.dtype],
+            seed=FLAGS.seed)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     log(f'model: {how}')

@@ -35,10 +35,10 @@ off, and the training chunk at optimisation level 1; other backends use XLA's
 defaults. The three programs are lowered one after the other (tracing needs
 the GIL), the chunk first, and compiled on threads (XLA compiles without the
 GIL), so the compiles overlap the lowering and each other, and the
-evaluation's compile overlaps the first training calls. `compile_s` is the wall-clock time the evaluation waited for
-tracing and compiling (before training, and at the first validation if its
-compile was not done); `train_s` is the rest of the loop (training,
-validation and test scoring).
+evaluation's compile overlaps the first training calls. `compile_s` is the
+wall-clock time the evaluation waited for tracing and compiling (before
+training, and at the first validation if its compile was not done); `train_s`
+is the rest of the loop (training, validation and test scoring).
 """
 
 from __future__ import annotations
