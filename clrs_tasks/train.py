@@ -9,14 +9,18 @@ validation score. Losses and scores are masked, so padding graphs never
 count. Runs inside sandbox workers for generated programs.
 
 Each program compiles init, one training step per training size and one
-prediction per evaluation set, each when first needed. `compile_s` is the
-wall-clock time of building the model and of all those compiles; `train_s`
-is the rest (training steps, validation and test scoring).
+prediction per evaluation set, all of them before the first step, on
+`compile_threads` threads (`Compiler`). `compile_s` is the wall-clock time
+of building the model, lowering those programs and waiting for their
+compiles; `train_s` is the rest (training steps, validation and test
+scoring).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import os
 import time
 from typing import Any, Mapping, Sequence
 
@@ -55,6 +59,8 @@ class TrainConfig:
       nb_triplet_fts: k, passed to the triplet function.
       processor: a key of `processors.PROCESSORS`.
       hint_teacher_forcing: see `model.EncodeProcessDecode`.
+      compile_threads: programs compiled at once; 0 means one per CPU core
+        this process may use. Each compile holds its own XLA memory.
     """
 
     num_steps: int = 2000
@@ -67,12 +73,15 @@ class TrainConfig:
     nb_triplet_fts: int = 8
     processor: str = 'triplet_gmpnn'
     hint_teacher_forcing: float = 0.0
+    compile_threads: int = 0
 
     def __post_init__(self):
         for name in ('num_steps', 'batch_size', 'eval_every',
                      'eval_batch_size', 'hidden_dim', 'nb_triplet_fts'):
             if getattr(self, name) <= 0:
                 raise ValueError(f'TrainConfig.{name} must be positive')
+        if self.compile_threads < 0:
+            raise ValueError('TrainConfig.compile_threads must be >= 0')
         if self.processor not in processors.PROCESSORS:
             raise ValueError(f'unknown processor {self.processor!r}')
 
@@ -86,6 +95,59 @@ def compile_once(fn: Any, *args: Any, purpose: str = 'once') -> Any:
     """
     return jax.jit(fn).lower(*args).compile(
         compiler_options=compiler_options(purpose))
+
+
+class Compiler:
+    """Compiles named programs on threads, each once per argument shapes.
+
+    `submit` lowers (traces) a program on the calling thread, as tracing
+    holds the GIL, and compiles it on a thread pool: XLA releases the GIL, so
+    compiles overlap one another and the next lowering. `run` calls a
+    program, submitting it first if needed and waiting for its compile.
+    `seconds` adds up the time spent in `submit` and waiting in `run`.
+    Arguments may be arrays or `jax.ShapeDtypeStruct`s (for `submit`).
+    Use as a context manager: leaving it waits for every compile.
+    """
+
+    def __init__(self, threads: int):
+        self._pool = concurrent.futures.ThreadPoolExecutor(threads)
+        # Key -> (the program's abstract outputs, its compile).
+        self._programs: dict[Any, tuple[Any, concurrent.futures.Future]] = {}
+        self.seconds = 0.0
+
+    def __enter__(self) -> Compiler:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._pool.shutdown(wait=True)  # Never leave a compile running.
+
+    @staticmethod
+    def _key(name: str, args: Sequence[Any]) -> Any:
+        shapes = tuple((x.shape, x.dtype) for x in jax.tree.leaves(args))
+        return name, jax.tree.structure(args), shapes
+
+    def submit(self, name: str, fn: Any, purpose: str, *args: Any) -> Any:
+        """Starts compiling `jax.jit(fn)` for `args` with `purpose`'s options.
+
+        Returns:
+          The program's outputs as a pytree of `jax.ShapeDtypeStruct`s.
+        """
+        key = self._key(name, args)
+        if key not in self._programs:
+            start = time.perf_counter()
+            lowered = jax.jit(fn).lower(*args)
+            self._programs[key] = (lowered.out_info, self._pool.submit(
+                lowered.compile, compiler_options(purpose)))
+            self.seconds += time.perf_counter() - start
+        return self._programs[key][0]
+
+    def run(self, name: str, fn: Any, purpose: str, *args: Any) -> Any:
+        """`fn(*args)`, compiled (once) by `submit`."""
+        self.submit(name, fn, purpose, *args)
+        start = time.perf_counter()
+        executable = self._programs[self._key(name, args)][1].result()
+        self.seconds += time.perf_counter() - start
+        return executable(*args)
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -237,20 +299,6 @@ def train_and_evaluate(triplet_fn: Any, splits: Splits, config: TrainConfig,
     else:
         tx = optax.adam(config.learning_rate)
 
-    compiled = {}
-    compile_s = 0.0
-
-    def run(name, fn, purpose, *args):
-        """fn(*args), compiled once per argument shapes for `purpose`."""
-        nonlocal compile_s
-        shapes = jax.tree.map(lambda x: (x.shape, x.dtype), args)
-        key = (name, jax.tree.structure(args), tuple(jax.tree.leaves(shapes)))
-        if key not in compiled:
-            start = time.perf_counter()
-            compiled[key] = compile_once(fn, *args, purpose=purpose)
-            compile_s += time.perf_counter() - start
-        return compiled[key](*args)
-
     def init(batch):
         init_key, noise_key = jax.random.split(jax.random.key(seed))
         params = module.init({'params': init_key, 'noise': noise_key}, batch,
@@ -275,13 +323,15 @@ def train_and_evaluate(triplet_fn: Any, splits: Splits, config: TrainConfig,
         outs, _ = module.apply({'params': params}, batch, train=False)
         return metrics.postprocess(spec, outs)
 
+    def eval_batch(dataset, rows):
+        return _host_batch(dataset, rows, config.eval_batch_size)
+
     def evaluate(params, dataset):
         preds = []
         for rows in data_lib.eval_batches(dataset.num_samples,
                                           config.eval_batch_size):
-            batch = _host_batch(dataset, rows, config.eval_batch_size)
-            out = jax.device_get(run('predict', predict, 'once', params,
-                                     batch))
+            out = jax.device_get(compiler.run(
+                'predict', predict, 'once', params, eval_batch(dataset, rows)))
             preds.append({k: v[:len(rows)] for k, v in out.items()})
         stacked = {k: np.concatenate([p[k] for p in preds]) for k in preds[0]}
         return metrics.score(spec, dataset.outputs, stacked)
@@ -290,26 +340,40 @@ def train_and_evaluate(triplet_fn: Any, splits: Splits, config: TrainConfig,
     orders = [batch_order(pool.num_samples, config.batch_size,
                           -(-config.num_steps // sizes), seed + i)
               for i, pool in enumerate(splits.train)]
-    state = run('init', init, 'once', sample)
-    compile_s = time.perf_counter() - t0  # Model building and init.
-    best = {'score': -np.inf, 'step': 0, 'params': None}
-    val_history = []
-    for step in range(config.num_steps):
-        size = step % sizes
-        batch = _host_batch(splits.train[size], orders[size][step // sizes],
-                            config.batch_size)
-        state, loss = run('train', train_step, 'train', state, batch)
-        last = step + 1 == config.num_steps
-        if (step + 1) % config.eval_every == 0 or last:
-            if not np.isfinite(float(loss)):
-                raise base.ProgramFailure(
-                    Status.NAN, f'non-finite training loss at step {step + 1}')
-            val = evaluate(state.params, splits.val)['score']
-            val_history.append(val)
-            if val > best['score']:
-                best = {'score': val, 'step': step + 1,
-                        'params': jax.device_get(state.params)}
-    test = evaluate(best['params'], splits.test)
+    threads = config.compile_threads or len(os.sched_getaffinity(0))
+    with Compiler(threads) as compiler:
+        # Every program is lowered and its compile started before the first
+        # step, init first, in the order they are needed.
+        abstract_state = compiler.submit('init', init, 'once', sample)
+        for pool, order in zip(splits.train, orders):
+            compiler.submit('train', train_step, 'train', abstract_state,
+                            _host_batch(pool, order[0], config.batch_size))
+        for dataset in (splits.val, splits.test):
+            first_rows = next(iter(data_lib.eval_batches(
+                dataset.num_samples, config.eval_batch_size)))
+            compiler.submit('predict', predict, 'once', abstract_state.params,
+                            eval_batch(dataset, first_rows))
+        state = compiler.run('init', init, 'once', sample)
+        build_s = time.perf_counter() - t0 - compiler.seconds  # The model.
+        best = {'score': -np.inf, 'step': 0, 'params': None}
+        for step in range(config.num_steps):
+            size = step % sizes
+            batch = _host_batch(splits.train[size], orders[size][step // sizes],
+                                config.batch_size)
+            state, loss = compiler.run('train', train_step, 'train', state,
+                                       batch)
+            last = step + 1 == config.num_steps
+            if (step + 1) % config.eval_every == 0 or last:
+                if not np.isfinite(float(loss)):
+                    raise base.ProgramFailure(
+                        Status.NAN,
+                        f'non-finite training loss at step {step + 1}')
+                val = evaluate(state.params, splits.val)['score']
+                if val > best['score']:
+                    best = {'score': val, 'step': step + 1,
+                            'params': jax.device_get(state.params)}
+        test = evaluate(best['params'], splits.test)
+        compile_s = build_s + compiler.seconds
     total_s = time.perf_counter() - t0
     return base.EvalResult(
         status=Status.OK,

@@ -205,6 +205,51 @@ def test_postprocess_then_score_of_the_truth_is_perfect(cache):
                          jax.device_get(hard))['score'] == 1.0
 
 
+def test_compiler_compiles_each_program_once_per_shapes():
+    calls = []
+
+    def double(x):
+        calls.append(x.shape)  # Once per trace.
+        return {'y': 2 * x}
+
+    with train.Compiler(threads=2) as compiler:
+        out = compiler.submit('double', double, 'once',
+                              jax.ShapeDtypeStruct((3,), jnp.float32))
+        assert out['y'].shape == (3,) and out['y'].dtype == jnp.float32
+        compiler.submit('double', double, 'once', jnp.ones(3))
+        y = compiler.run('double', double, 'once', jnp.arange(3.0))['y']
+        z = compiler.run('double', double, 'once', jnp.ones((2, 2)))['y']
+    np.testing.assert_array_equal(y, [0.0, 2.0, 4.0])
+    np.testing.assert_array_equal(z, 2 * np.ones((2, 2)))
+    assert calls == [(3,), (2, 2)]
+    assert compiler.seconds > 0
+
+
+@pytest.mark.slow
+def test_training_does_not_depend_on_compile_threads(cache):
+    """Two training sizes, programs compiled one at a time or all at once."""
+    splits = train.Splits(
+        train=[_dataset(cache, 'bfs', size=n, count=8, split='train', seed=n)
+               for n in (4, 5)],
+        val=_dataset(cache, 'bfs', size=5, count=4, seed=2),
+        test=_dataset(cache, 'bfs', size=6, count=4, split='test', seed=3))
+
+    def run(threads):
+        config = train.TrainConfig(num_steps=3, eval_every=2, batch_size=4,
+                                   eval_batch_size=4, hidden_dim=8,
+                                   compile_threads=threads)
+        return train.train_and_evaluate(
+            processors.trusted_triplet_fn(SEEDS['v1_standard']), splits,
+            config, max_params=10**6, seed=0)
+
+    serial, parallel = run(1), run(0)
+    assert serial.ok and serial.compile_s > 0 and serial.train_s > 0
+    assert parallel.metrics == serial.metrics
+    assert parallel.params == serial.params
+    with pytest.raises(ValueError, match='compile_threads'):
+        train.TrainConfig(compile_threads=-1)
+
+
 @pytest.mark.slow
 def test_short_training_run(cache):
     """A few steps on two small sizes end to end: typed result, finite scores."""
