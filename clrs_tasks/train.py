@@ -9,16 +9,15 @@ validation score. Losses and scores are masked, so padding graphs never
 count. Runs inside sandbox workers for generated programs.
 
 Each program compiles init, one training step per training size and one
-prediction per evaluation set, all of them before the first step, on
-`compile_threads` threads (`Compiler`). `compile_s` is the wall-clock time
-of building the model, lowering those programs and waiting for their
-compiles; `train_s` is the rest (training steps, validation and test
-scoring).
+prediction per evaluation set, all of them lowered before the first step and
+compiled on `compile_threads` threads (`compiling.Compiler`). `compile_s` is
+the wall-clock time of building the model, lowering those programs and
+waiting for their compiles; `train_s` is the rest (training steps,
+validation and test scoring).
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import os
 import time
@@ -35,10 +34,9 @@ from clrs_tasks import metrics
 from clrs_tasks import model as model_lib
 from clrs_tasks import processors
 from evoprompting.tasks import base
-# The compile settings measured for MNIST-1D (see classifier_training): on CPU,
-# fast compiles for init and evaluation, level 1 for the training step.
+from evoprompting.tasks import compiling
 from evoprompting.tasks.classifier_training import batch_order
-from evoprompting.tasks.classifier_training import compiler_options
+from evoprompting.tasks.classifier_training import count_params
 
 Status = base.Status
 _EPS = 1e-12
@@ -87,67 +85,14 @@ class TrainConfig:
 
 
 def compile_once(fn: Any, *args: Any, purpose: str = 'once') -> Any:
-    """`jax.jit(fn)` compiled for `args` with `compiler_options(purpose)`.
+    """`jax.jit(fn)` compiled for `args` with `compiling.compiler_options`.
 
     The default, 'once', is for code that runs once or rarely (init,
     evaluation), where XLA:CPU's optimisations cost more compile time than they
     save; 'train' for the training step.
     """
     return jax.jit(fn).lower(*args).compile(
-        compiler_options=compiler_options(purpose))
-
-
-class Compiler:
-    """Compiles named programs on threads, each once per argument shapes.
-
-    `submit` lowers (traces) a program on the calling thread, as tracing
-    holds the GIL, and compiles it on a thread pool: XLA releases the GIL, so
-    compiles overlap one another and the next lowering. `run` calls a
-    program, submitting it first if needed and waiting for its compile.
-    `seconds` adds up the time spent in `submit` and waiting in `run`.
-    Arguments may be arrays or `jax.ShapeDtypeStruct`s (for `submit`).
-    Use as a context manager: leaving it waits for every compile.
-    """
-
-    def __init__(self, threads: int):
-        self._pool = concurrent.futures.ThreadPoolExecutor(threads)
-        # Key -> (the program's abstract outputs, its compile).
-        self._programs: dict[Any, tuple[Any, concurrent.futures.Future]] = {}
-        self.seconds = 0.0
-
-    def __enter__(self) -> Compiler:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self._pool.shutdown(wait=True)  # Never leave a compile running.
-
-    @staticmethod
-    def _key(name: str, args: Sequence[Any]) -> Any:
-        shapes = tuple((x.shape, x.dtype) for x in jax.tree.leaves(args))
-        return name, jax.tree.structure(args), shapes
-
-    def submit(self, name: str, fn: Any, purpose: str, *args: Any) -> Any:
-        """Starts compiling `jax.jit(fn)` for `args` with `purpose`'s options.
-
-        Returns:
-          The program's outputs as a pytree of `jax.ShapeDtypeStruct`s.
-        """
-        key = self._key(name, args)
-        if key not in self._programs:
-            start = time.perf_counter()
-            lowered = jax.jit(fn).lower(*args)
-            self._programs[key] = (lowered.out_info, self._pool.submit(
-                lowered.compile, compiler_options(purpose)))
-            self.seconds += time.perf_counter() - start
-        return self._programs[key][0]
-
-    def run(self, name: str, fn: Any, purpose: str, *args: Any) -> Any:
-        """`fn(*args)`, compiled (once) by `submit`."""
-        self.submit(name, fn, purpose, *args)
-        start = time.perf_counter()
-        executable = self._programs[self._key(name, args)][1].result()
-        self.seconds += time.perf_counter() - start
-        return executable(*args)
+        compiler_options=compiling.compiler_options(purpose))
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -244,16 +189,6 @@ def build_model(triplet_fn: Any, spec: model_lib.ModelSpec,
         hint_teacher_forcing=config.hint_teacher_forcing)
 
 
-def _first_line(e: BaseException, limit: int = 300) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:limit] if text else ''
-
-
-def count_params(variables: Any) -> int:
-    return int(sum(np.prod(x.shape, dtype=np.int64)
-                   for x in jax.tree.leaves(variables['params'])))
-
-
 def _host_batch(dataset: data_lib.Dataset, rows: np.ndarray,
                 num_graphs: int) -> data_lib.GraphBatch:
     with jax.default_device(jax.devices('cpu')[0]):
@@ -281,11 +216,11 @@ def train_and_evaluate(triplet_fn: Any, splits: Splits, config: TrainConfig,
     except Exception as e:  # pylint: disable=broad-except
         if base.is_out_of_memory(e):
             raise base.ProgramFailure(
-                Status.OOM, f'out of memory: {_first_line(e)}') from None
+                Status.OOM, f'out of memory: {base.first_line(e)}') from None
         raise base.ProgramFailure(
             Status.BUILD_ERROR,
             f'the model with this get_triplet_msgs failed: '
-            f'{type(e).__name__}: {_first_line(e)}') from None
+            f'{type(e).__name__}: {base.first_line(e)}') from None
     num_params = count_params(variables)
     if num_params > max_params:
         raise base.ProgramFailure(
@@ -323,6 +258,9 @@ def train_and_evaluate(triplet_fn: Any, splits: Splits, config: TrainConfig,
         outs, _ = module.apply({'params': params}, batch, train=False)
         return metrics.postprocess(spec, outs)
 
+    init_jit, train_jit, predict_jit = (
+        jax.jit(init), jax.jit(train_step), jax.jit(predict))
+
     def eval_batch(dataset, rows):
         return _host_batch(dataset, rows, config.eval_batch_size)
 
@@ -330,8 +268,8 @@ def train_and_evaluate(triplet_fn: Any, splits: Splits, config: TrainConfig,
         preds = []
         for rows in data_lib.eval_batches(dataset.num_samples,
                                           config.eval_batch_size):
-            out = jax.device_get(compiler.run(
-                'predict', predict, 'once', params, eval_batch(dataset, rows)))
+            out = jax.device_get(compiler.run('predict', predict_jit, 'once',
+                                              params, eval_batch(dataset, rows)))
             preds.append({k: v[:len(rows)] for k, v in out.items()})
         stacked = {k: np.concatenate([p[k] for p in preds]) for k in preds[0]}
         return metrics.score(spec, dataset.outputs, stacked)
@@ -341,26 +279,27 @@ def train_and_evaluate(triplet_fn: Any, splits: Splits, config: TrainConfig,
                           -(-config.num_steps // sizes), seed + i)
               for i, pool in enumerate(splits.train)]
     threads = config.compile_threads or len(os.sched_getaffinity(0))
-    with Compiler(threads) as compiler:
+    with compiling.Compiler(threads) as compiler:
         # Every program is lowered and its compile started before the first
         # step, init first, in the order they are needed.
-        abstract_state = compiler.submit('init', init, 'once', sample)
+        abstract_state = compiler.submit('init', init_jit, 'once', sample)
         for pool, order in zip(splits.train, orders):
-            compiler.submit('train', train_step, 'train', abstract_state,
+            compiler.submit('train', train_jit, 'train', abstract_state,
                             _host_batch(pool, order[0], config.batch_size))
         for dataset in (splits.val, splits.test):
             first_rows = next(iter(data_lib.eval_batches(
                 dataset.num_samples, config.eval_batch_size)))
-            compiler.submit('predict', predict, 'once', abstract_state.params,
+            compiler.submit('predict', predict_jit, 'once',
+                            abstract_state.params,
                             eval_batch(dataset, first_rows))
-        state = compiler.run('init', init, 'once', sample)
+        state = compiler.run('init', init_jit, 'once', sample)
         build_s = time.perf_counter() - t0 - compiler.seconds  # The model.
         best = {'score': -np.inf, 'step': 0, 'params': None}
         for step in range(config.num_steps):
             size = step % sizes
             batch = _host_batch(splits.train[size], orders[size][step // sizes],
                                 config.batch_size)
-            state, loss = compiler.run('train', train_step, 'train', state,
+            state, loss = compiler.run('train', train_jit, 'train', state,
                                        batch)
             last = step + 1 == config.num_steps
             if (step + 1) % config.eval_every == 0 or last:

@@ -6,9 +6,6 @@ worker path).
 
 import textwrap
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -66,23 +63,6 @@ def test_in_process_training_is_deterministic():
     model_cls = program(seeds['mlp'])
     first, again = train(model_cls, seed=5), train(model_cls, seed=5)
     assert first.metrics == again.metrics
-
-
-def test_compiler_options_compile_on_cpu_and_stay_off_other_backends(
-        monkeypatch):
-    square = jax.jit(lambda x: x * x).lower(jnp.arange(3.0))
-    for purpose in ('once', 'train'):
-        options = classifier_training.compiler_options(purpose)
-        assert options  # The measured CPU settings, and XLA accepts them.
-        np.testing.assert_array_equal(
-            square.compile(compiler_options=options)(jnp.arange(3.0)),
-            [0.0, 1.0, 4.0])
-    with pytest.raises(ValueError, match="'once', 'train'"):
-        classifier_training.compiler_options('eval')
-    # xla_cpu_* flags must never reach a GPU or TPU compile.
-    monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
-    assert classifier_training.compiler_options('once') == {}
-    assert classifier_training.compiler_options('train') == {}
 
 
 def test_count_params_counts_only_params_collection():

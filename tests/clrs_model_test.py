@@ -205,26 +205,6 @@ def test_postprocess_then_score_of_the_truth_is_perfect(cache):
                          jax.device_get(hard))['score'] == 1.0
 
 
-def test_compiler_compiles_each_program_once_per_shapes():
-    calls = []
-
-    def double(x):
-        calls.append(x.shape)  # Once per trace.
-        return {'y': 2 * x}
-
-    with train.Compiler(threads=2) as compiler:
-        out = compiler.submit('double', double, 'once',
-                              jax.ShapeDtypeStruct((3,), jnp.float32))
-        assert out['y'].shape == (3,) and out['y'].dtype == jnp.float32
-        compiler.submit('double', double, 'once', jnp.ones(3))
-        y = compiler.run('double', double, 'once', jnp.arange(3.0))['y']
-        z = compiler.run('double', double, 'once', jnp.ones((2, 2)))['y']
-    np.testing.assert_array_equal(y, [0.0, 2.0, 4.0])
-    np.testing.assert_array_equal(z, 2 * np.ones((2, 2)))
-    assert calls == [(3,), (2, 2)]
-    assert compiler.seconds > 0
-
-
 @pytest.mark.slow
 def test_training_does_not_depend_on_compile_threads(cache):
     """Two training sizes, programs compiled one at a time or all at once."""

@@ -152,9 +152,8 @@ def _guarded_import(allowed: frozenset[str]):
     return guarded
 
 
-def _first_line(e: BaseException, limit: int = 300) -> str:
-    lines = str(e).strip().splitlines()
-    return f'{type(e).__name__}: {lines[0][:limit] if lines else ""}'
+def _first_line(e: BaseException) -> str:
+    return f'{type(e).__name__}: {base.first_line(e)}'
 
 
 class Worker:

@@ -187,6 +187,12 @@ class ProgramFailure(Exception):
 _OOM_MARKERS = ('RESOURCE_EXHAUSTED', 'Out of memory', 'bad_alloc')
 
 
+def first_line(e: BaseException, limit: int = 300) -> str:
+    """The first line of `e`'s message, at most `limit` characters."""
+    lines = str(e).strip().splitlines()
+    return lines[0][:limit] if lines else ''
+
+
 def is_out_of_memory(e: BaseException) -> bool:
     """Whether `e` reports exhausted memory (Python's or XLA's allocator)."""
     return isinstance(e, MemoryError) or any(m in str(e) for m in _OOM_MARKERS)

@@ -29,13 +29,13 @@ The shape of the training loop is chosen per model by a fixed rule (see
 The rule depends only on the program, never on timing, so a program's numbers
 do not depend on the machine's load.
 
-Compilation (see `compiler_options`): on CPU, init and evaluation, which run
-once or rarely, compile with XLA's backend optimisations and fusion emitters
-off, and the training chunk at optimisation level 1; other backends use XLA's
+Compilation (see `compiling`): on CPU, init and evaluation, which run once or
+rarely, compile with XLA's backend optimisations and fusion emitters off, and
+the training chunk at optimisation level 1; other backends use XLA's
 defaults. The three programs are lowered one after the other (tracing needs
-the GIL), the chunk first, and compiled on threads (XLA compiles without the
-GIL), so the compiles overlap the lowering and each other, and the
-evaluation's compile overlaps the first training calls. `compile_s` is the
+the GIL), init first, then the chunk, and compiled on threads (XLA compiles
+without the GIL), so the compiles overlap the lowering and each other, and
+the evaluation's compile overlaps the first training calls. `compile_s` is the
 wall-clock time the evaluation waited for tracing and compiling (before
 training, and at the first validation if its compile was not done); `train_s`
 is the rest of the loop (training, validation and test scoring).
@@ -43,12 +43,10 @@ is the rest of the loop (training, validation and test scoring).
 
 from __future__ import annotations
 
-import concurrent.futures
-import contextlib
 import dataclasses
 import inspect
 import time
-from typing import Any, Collection, Iterator
+from typing import Any, Collection
 
 import flax
 import flax.linen as nn
@@ -60,41 +58,9 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from evoprompting.tasks import base
+from evoprompting.tasks import compiling
 
 Status = base.Status
-# XLA:CPU settings, measured on the 2-core CPU (see `compiler_options`).
-# 'once', for code that runs once or rarely (init, evaluation): XLA's backend
-# optimisations and its MLIR fusion emitters cost more compile time than they
-# save. Init compiles ~4x faster at level 0, and without the fusion emitters
-# init ~1.5x and evaluation 2-3x faster again (evaluation of 1,500 examples
-# then runs 2-40 ms instead of 1-13 ms). Never for the train step: its steps
-# ran ~1.4x slower at level 0, and the GRU's ~1.5x slower without fusion
-# emitters.
-# 'train', for the training step: level 1 compiled the seeds' chunks 15-30%
-# faster than the default (3) and their steps ran as fast (the heavy work is in
-# library calls: Eigen, XNNPACK).
-_CPU_COMPILER_OPTIONS = {
-    'once': {'xla_backend_optimization_level': 0,
-             'xla_cpu_use_fusion_emitters': False},
-    'train': {'xla_backend_optimization_level': 1},
-}
-
-
-def compiler_options(purpose: str) -> dict[str, Any]:
-    """XLA compiler options for `purpose`: 'once' (init, evaluation) or 'train'.
-
-    The settings are XLA:CPU tuning, and `xla_cpu_use_fusion_emitters` exists
-    only there, so on any other default backend (GPU, TPU) this returns {}:
-    XLA's own defaults, which are tuned for those backends.
-    """
-    if purpose not in _CPU_COMPILER_OPTIONS:
-        raise ValueError(f'unknown compile purpose {purpose!r}; expected one '
-                         f'of {sorted(_CPU_COMPILER_OPTIONS)}')
-    if jax.default_backend() != 'cpu':
-        return {}
-    return dict(_CPU_COMPILER_OPTIONS[purpose])
-
-
 # Primitives after which a model trains by unrolled steps (see `loop_plan`).
 _UNROLL_PRIMITIVES = frozenset({'conv_general_dilated'})
 
@@ -163,7 +129,7 @@ def _build(model_cls: Any, sample_x: jax.ShapeDtypeStruct,
         raise base.ProgramFailure(
             Status.BUILD_ERROR,
             f'Model failed on an input of shape {given} (expected logits '
-            f'{expected}): {type(e).__name__}: {_first_line(e)}') from None
+            f'{expected}): {type(e).__name__}: {base.first_line(e)}') from None
     if (not isinstance(out, jax.ShapeDtypeStruct)
             or out.shape != (sample_x.shape[0], num_classes)):
         got = (f'{out.dtype}{list(out.shape)}'
@@ -227,11 +193,6 @@ def loop_plan(primitives: Collection[str], config: Any) -> LoopPlan:
     if _UNROLL_PRIMITIVES.intersection(primitives):
         return LoopPlan(steps_per_call=config.steps_per_call, unrolled=True)
     return LoopPlan(steps_per_call=config.eval_every, unrolled=False)
-
-
-def _first_line(e: Exception, limit: int = 300) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:limit] if text else ''
 
 
 def count_params(variables: Any) -> int:
@@ -372,36 +333,26 @@ def train_and_evaluate(model_cls: Any, splits: Any, config: Any, *,
     order = order.reshape(-1, plan.steps_per_call, config.batch_size)
     seed_arg = np.uint32(seed)
 
-    # Lower the three programs here (tracing needs the GIL), the training
-    # chunk first as it compiles longest, and compile them on threads: XLA
-    # releases the GIL, so each compile overlaps the next lowering, and the
-    # evaluation's compile overlaps the first training calls.
-    compiler = concurrent.futures.ThreadPoolExecutor(3)
-    try:
-        t0 = time.perf_counter()
-        with _build_errors():
-            init_traced = jax.jit(init_leaves,
-                                  out_shardings=replicated).trace(seed_arg)
-            abstract_state = [
-                jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated)
-                for a in init_traced.out_info]
-            chunk_future = compiler.submit(
-                jax.jit(chunk_leaves, donate_argnums=0,
-                        out_shardings=replicated).lower(
-                            abstract_state, train_x, train_y, order[0]).compile,
-                compiler_options('train'))
-            init_future = compiler.submit(init_traced.lower().compile,
-                                          compiler_options('once'))
-            eval_future = compiler.submit(
-                jax.jit(evaluate_leaves).lower(abstract_state,
-                                               *eval_arrays).compile,
-                compiler_options('once'))
-            state = init_future.result()(seed_arg)
-            chunk_fn = chunk_future.result()
-        compile_s = time.perf_counter() - t0
+    # The training chunk is lowered right after init (which gives its
+    # state's shapes), as it compiles longest; the evaluation's compile then
+    # overlaps the first training calls.
+    init_jit = jax.jit(init_leaves, out_shardings=replicated)
+    chunk_jit = jax.jit(chunk_leaves, donate_argnums=0,
+                        out_shardings=replicated)
+    evaluate_jit = jax.jit(evaluate_leaves)
+    t0 = time.perf_counter()
+    with compiling.Compiler(threads=3) as compiler:
+        abstract_state = [
+            jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated)
+            for a in compiler.submit('init', init_jit, 'once', seed_arg)]
+        chunk_args = (abstract_state, train_x, train_y, order[0])
+        compiler.submit('train', chunk_jit, 'train', *chunk_args)
+        compiler.submit('evaluate', evaluate_jit, 'once', abstract_state,
+                        *eval_arrays)
+        state = compiler.run('init', init_jit, 'once', seed_arg)
+        chunk_fn = compiler.compiled('train', chunk_jit, 'train', *chunk_args)
+        loop_start, waited_before = time.perf_counter(), compiler.seconds
 
-        t0 = time.perf_counter()
-        eval_fn = None
         best = (-1.0, 0.0, 0)  # (val_accuracy, test_accuracy, step)
         chunks_per_eval = config.eval_every // plan.steps_per_call
         pending_losses = []
@@ -421,20 +372,14 @@ def train_and_evaluate(model_cls: Any, splits: Any, config: Any, *,
                         f'(non-finite) by step {step}')
                 last_loss = float(host_losses[-1])
             if (c + 1) % chunks_per_eval == 0:
-                if eval_fn is None:  # A wait for its compile counts as compiling.
-                    t_wait = time.perf_counter()
-                    with _build_errors():
-                        eval_fn = eval_future.result()
-                    waited = time.perf_counter() - t_wait
-                    compile_s += waited
-                    t0 += waited
-                val_acc, test_acc = (
-                    float(a) for a in eval_fn(state, *eval_arrays))
+                val_acc, test_acc = (float(a) for a in compiler.run(
+                    'evaluate', evaluate_jit, 'once', state, *eval_arrays))
                 if val_acc > best[0]:
                     best = (val_acc, test_acc, step)
-        train_s = time.perf_counter() - t0
-    finally:
-        compiler.shutdown(wait=True)  # Never leave a compile running.
+        # A wait for the evaluation's compile counts as compiling.
+        waited = compiler.seconds - waited_before
+        compile_s = loop_start - t0 + waited
+        train_s = time.perf_counter() - loop_start - waited
 
     val_acc, test_acc, best_step = best
     return base.EvalResult(
@@ -445,21 +390,6 @@ def train_and_evaluate(model_cls: Any, splits: Any, config: Any, *,
         metrics={'val_accuracy': val_acc, 'test_accuracy': test_acc,
                  'best_step': best_step, 'final_train_loss': last_loss},
         compile_s=compile_s, train_s=train_s)
-
-
-@contextlib.contextmanager
-def _build_errors() -> Iterator[None]:
-    """Turns errors of tracing and compiling the model into build errors."""
-    try:
-        yield
-    except base.ProgramFailure:
-        raise
-    except Exception as e:  # pylint: disable=broad-except
-        _reraise_oom(e)
-        raise base.ProgramFailure(
-            Status.BUILD_ERROR,
-            f'Model failed to compile for training: {type(e).__name__}: '
-            f'{_first_line(e)}') from None
 
 
 def _reraise_oom(e: Exception) -> None:
