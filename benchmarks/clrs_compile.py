@@ -1,14 +1,14 @@
 r"""Compile time of one CLRS evaluation, programs compiled serially or at once.
 
   python benchmarks/clrs_compile.py [--program=v1_standard] [--algorithm=bfs]
-      [--threads=1,0] [--repeats=3] [--hidden_dim=128] [--cache_dir=DIR]
+      [--threads=1,2] [--repeats=3] [--hidden_dim=128] [--cache_dir=DIR]
 
 A CLRS evaluation compiles init, one training step per training size (five
 for most algorithms) and a prediction for the validation and the test sets
-(`clrs_tasks.train.Compiler`); on a CPU those compiles are most of a short
-evaluation. This trains the program for one step per training size (so every
+(`evoprompting.tasks.compiling.Compiler`); on a CPU those compiles are most
+of a short evaluation. This trains the program for one step per training size (so every
 program compiles and runs) with each `TrainConfig.compile_threads` setting
-(0: one thread per CPU core this process may use), interleaved over
+(0: the default, one per two CPU cores this process may use), interleaved over
 `--repeats` rounds in this process with the persistent compilation cache off,
 and prints the median `compile_s` of each setting, its ratio to the first
 setting, and one SUMMARY line.
@@ -33,12 +33,13 @@ import seeds  # pylint: disable=g-import-not-at-top,wrong-import-position
 from clrs_tasks import data  # pylint: disable=g-import-not-at-top,wrong-import-position
 from clrs_tasks import processors  # pylint: disable=g-import-not-at-top,wrong-import-position
 from clrs_tasks import train  # pylint: disable=g-import-not-at-top,wrong-import-position
+from evoprompting.tasks import compiling  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('program', 'v1_standard',
                     'A triplet function of seeds/clrs or seeds/clrs/reference.')
 flags.DEFINE_string('algorithm', 'bfs', 'A CLRS-30 algorithm.')
-flags.DEFINE_list('threads', ['1', '0'],
+flags.DEFINE_list('threads', ['1', '2'],
                   'compile_threads settings to compare; the first is the '
                   'reference of the ratios.')
 flags.DEFINE_integer('repeats', 3, 'Interleaved rounds.')
@@ -98,7 +99,7 @@ def main(argv):
     parts = []
     for t in threads:
         median = statistics.median(seconds[t])
-        label = f'{t} ({cores})' if t == 0 else str(t)
+        label = f'0 (= {compiling.default_threads()})' if t == 0 else str(t)
         print(f'| {label} | {median:.1f} | {reference / median:.2f}x |')
         parts.append(f'threads {label}: {median:.1f} s '
                      f'({reference / median:.2f}x)')

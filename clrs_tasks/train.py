@@ -19,7 +19,6 @@ validation and test scoring).
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from typing import Any, Mapping, Sequence
 
@@ -57,8 +56,9 @@ class TrainConfig:
       nb_triplet_fts: k, passed to the triplet function.
       processor: a key of `processors.PROCESSORS`.
       hint_teacher_forcing: see `model.EncodeProcessDecode`.
-      compile_threads: programs compiled at once; 0 means one per CPU core
-        this process may use. Each compile holds its own XLA memory.
+      compile_threads: programs compiled at once; 0 means
+        `compiling.default_threads()` (one per two CPU cores). Each compile
+        holds its own XLA memory.
     """
 
     num_steps: int = 2000
@@ -278,7 +278,7 @@ def train_and_evaluate(triplet_fn: Any, splits: Splits, config: TrainConfig,
     orders = [batch_order(pool.num_samples, config.batch_size,
                           -(-config.num_steps // sizes), seed + i)
               for i, pool in enumerate(splits.train)]
-    threads = config.compile_threads or len(os.sched_getaffinity(0))
+    threads = config.compile_threads or compiling.default_threads()
     with compiling.Compiler(threads) as compiler:
         # Every program is lowered and its compile started before the first
         # step, init first, in the order they are needed.

@@ -59,3 +59,10 @@ def test_lowering_and_compile_errors_are_build_errors():
     with pytest.raises(MemoryError):  # Out of memory is not a build error.
         with compiling.build_errors():
             raise MemoryError('no room')
+
+
+def test_default_threads_is_one_compile_per_two_cores(monkeypatch):
+    for cores, threads in ((1, 1), (2, 1), (3, 1), (16, 8)):
+        monkeypatch.setattr(compiling.os, 'sched_getaffinity',
+                            lambda pid, n=cores: set(range(n)))
+        assert compiling.default_threads() == threads
