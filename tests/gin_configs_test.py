@@ -6,6 +6,7 @@ import os
 import gin
 import pytest
 
+from clrs_tasks import data as clrs_data
 from clrs_tasks import task as clrs_task
 from evoprompting import gin_utils
 from evoprompting.sandbox import pool
@@ -44,6 +45,17 @@ METHOD_FILES = {'gin/search/evoprompting.gin': 'evoprompting',
                 'gin/search/regularized_evolution.gin': 'regularized_evolution',
                 'gin/search/random_search.gin': 'random_search'}
 OTHER_FILES = {'gin/devices/cpu.gin', 'gin/lm/tiny_random.gin', 'gin/lm/default.gin'}
+# One file per CLRS-30 algorithm, layered after a CLRS budget file.
+ALGORITHM_FILES = {f'gin/clrs/algorithms/{a}.gin': a
+                   for a in sorted(clrs_data.algorithms())}
+ALGORITHM_FILE = """\
+# CLRS-30: train and search on {a}. Layer it after a CLRS budget file:
+#   --gin_file=gin/clrs/quick.gin --gin_file=gin/clrs/algorithms/{a}.gin
+# (the same as --gin_bindings="ALGORITHM='{a}'").
+#
+# Provides: ALGORITHM. Requires: a file that includes gin/clrs/base.gin first.
+ALGORITHM = '{a}'
+"""
 # lm.pretrain runs: (num_steps, model embed_dim).
 PRETRAIN_FILES = {'gin/lm/pretrain_default.gin': (700, 128),
                   'gin/lm/pretrain_tiny.gin': (6, 32)}
@@ -54,7 +66,7 @@ def test_every_gin_file_is_covered():
                for p in glob.glob(os.path.join(GIN_DIR, '**', '*.gin'),
                                   recursive=True)}
     assert shipped == (set(RUN_FILES) | set(METHOD_FILES) | OTHER_FILES
-                       | set(PRETRAIN_FILES))
+                       | set(PRETRAIN_FILES) | set(ALGORITHM_FILES))
 
 
 @pytest.mark.parametrize('path', sorted(PRETRAIN_FILES))
@@ -112,6 +124,18 @@ def test_clrs_files_train_one_algorithm_set_by_a_binding(path, algorithm):
     task = gin.get_configurable(probe)()[0]
     assert task.data.algorithm == 'graham_scan'
     assert task.train.hidden_dim == (32 if 'quick' in path else 128)
+
+
+def test_every_clrs_algorithm_has_a_file_that_selects_it():
+    assert len(ALGORITHM_FILES) == 30
+    for path, algorithm in ALGORITHM_FILES.items():
+        with open(os.path.join(gin_utils.REPO_ROOT, path),
+                  encoding='utf-8') as f:
+            assert f.read() == ALGORITHM_FILE.format(a=algorithm), path
+    for budget in ('gin/clrs/quick.gin', 'gin/clrs/paper.gin'):
+        gin_utils.parse([budget, 'gin/clrs/algorithms/dijkstra.gin'], [],
+                        entry_config=PROBE)
+        assert gin.get_configurable(probe)()[0].data.algorithm == 'dijkstra'
 
 
 def test_bindings_override_files():
