@@ -6,12 +6,12 @@ r"""Compile time of one CLRS evaluation, programs compiled serially or at once.
 A CLRS evaluation compiles init, one training step per training size (five
 for most algorithms) and a prediction for the validation and the test sets
 (`evoprompting.tasks.compiling.Compiler`); on a CPU those compiles are most
-of a short evaluation. This trains the program for one step per training size (so every
-program compiles and runs) with each `TrainConfig.compile_threads` setting
-(0: the default, one per two CPU cores this process may use), interleaved over
-`--repeats` rounds in this process with the persistent compilation cache off,
-and prints the median `compile_s` of each setting, its ratio to the first
-setting, and one SUMMARY line.
+of a short evaluation. This trains the program for one step per training
+size (so every program compiles and runs) with each
+`TrainConfig.compile_threads` setting (0: the default, one per two CPU
+cores, at most 4), interleaved over `--repeats` rounds in this process with
+the persistent compilation cache off, and prints the median `compile_s` of
+each setting, its ratio to the first setting, and one SUMMARY line.
 """
 
 from __future__ import annotations

@@ -57,8 +57,8 @@ class TrainConfig:
       processor: a key of `processors.PROCESSORS`.
       hint_teacher_forcing: see `model.EncodeProcessDecode`.
       compile_threads: programs compiled at once; 0 means
-        `compiling.default_threads()` (one per two CPU cores). Each compile
-        holds its own XLA memory.
+        `compiling.default_threads()` (one per two CPU cores, at most 4).
+        Each compile holds its own XLA memory.
     """
 
     num_steps: int = 2000

@@ -61,8 +61,8 @@ def test_lowering_and_compile_errors_are_build_errors():
             raise MemoryError('no room')
 
 
-def test_default_threads_is_one_compile_per_two_cores(monkeypatch):
-    for cores, threads in ((1, 1), (2, 1), (3, 1), (16, 8)):
+def test_default_threads_is_one_compile_per_two_cores_up_to_four(monkeypatch):
+    for cores, threads in ((1, 1), (2, 1), (3, 1), (8, 4), (96, 4)):
         monkeypatch.setattr(compiling.os, 'sched_getaffinity',
                             lambda pid, n=cores: set(range(n)))
         assert compiling.default_threads() == threads

@@ -54,14 +54,20 @@ def compiler_options(purpose: str) -> dict[str, Any]:
     return dict(_CPU_COMPILER_OPTIONS[purpose])
 
 
+MAX_DEFAULT_THREADS = 4
+
+
 def default_threads() -> int:
     """Compiles at once by default: one per two CPU cores this process may use.
 
     XLA:CPU already compiles one large program on about two cores (a CLRS
     training step kept 1.75 cores busy on the 2-core CPU), so there a second
     compile thread made a CLRS evaluation's compiles 7% slower, not faster.
+    At most `MAX_DEFAULT_THREADS`: every compile holds its own XLA memory,
+    inside the sandbox worker's memory limit.
     """
-    return max(1, len(os.sched_getaffinity(0)) // 2)
+    cores = len(os.sched_getaffinity(0))
+    return max(1, min(MAX_DEFAULT_THREADS, cores // 2))
 
 
 @contextlib.contextmanager
