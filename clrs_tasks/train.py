@@ -84,17 +84,6 @@ class TrainConfig:
             raise ValueError(f'unknown processor {self.processor!r}')
 
 
-def compile_once(fn: Any, *args: Any, purpose: str = 'once') -> Any:
-    """`jax.jit(fn)` compiled for `args` with `compiling.compiler_options`.
-
-    The default, 'once', is for code that runs once or rarely (init,
-    evaluation), where XLA:CPU's optimisations cost more compile time than they
-    save; 'train' for the training step.
-    """
-    return jax.jit(fn).lower(*args).compile(
-        compiler_options=compiling.compiler_options(purpose))
-
-
 class TrainState(flax.struct.PyTreeNode):
     step: jax.Array
     noise_key: jax.Array  # Step s uses fold_in(noise_key, s).

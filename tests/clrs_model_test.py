@@ -13,6 +13,7 @@ from clrs_tasks import model
 from clrs_tasks import processors
 from clrs_tasks import train
 from evoprompting.sandbox import validator
+from evoprompting.tasks import compiling
 
 SEEDS = dict(seeds.read_seeds('clrs'))
 REFERENCE = dict(seeds.read_seeds('clrs/reference'))
@@ -27,6 +28,12 @@ def cache(tmp_path_factory):
 def _dataset(cache, algorithm, size=6, count=4, split='val', seed=0):
     return data.load_dataset(
         data.DatasetKey(algorithm, split, size, count, seed), cache)
+
+
+def _run_once(fn, *args):
+    """`fn(*args)` compiled as training compiles init and evaluation."""
+    with compiling.Compiler(threads=1) as compiler:
+        return compiler.run('fn', jax.jit(fn), 'once', *args)
 
 
 def _num_params(dataset, source, hidden_dim=128):
@@ -96,13 +103,11 @@ def test_padding_graphs_change_nothing(cache):
     rows = np.array([2, 0])
     small = data.make_batch(dataset.arrays, dataset.spec, rows, 2)
     padded = data.make_batch(dataset.arrays, dataset.spec, rows, 5)
-    variables = train.compile_once(lambda b: m.init(
-        {'params': KEYS[0], 'noise': KEYS[1]}, b, train=False), small)(small)
+    variables = _run_once(lambda b: m.init(
+        {'params': KEYS[0], 'noise': KEYS[1]}, b, train=False), small)
     apply = lambda v, b: m.apply(v, b, train=False)
-    out_small, hints_small = train.compile_once(apply, variables, small)(
-        variables, small)
-    out_padded, hints_padded = train.compile_once(apply, variables, padded)(
-        variables, padded)
+    out_small, hints_small = _run_once(apply, variables, small)
+    out_padded, hints_padded = _run_once(apply, variables, padded)
     assert all(bool(jnp.all(jnp.isfinite(x)))
                for x in jax.tree.leaves((out_padded, hints_padded)))
     for name in out_small:
@@ -112,10 +117,8 @@ def test_padding_graphs_change_nothing(cache):
         np.testing.assert_allclose(hints_padded[name][:, :2],
                                    hints_small[name], rtol=1e-5, atol=1e-5)
     loss = lambda b, o, h: train.loss_fn(spec, b, o, h)
-    loss_small = train.compile_once(loss, small, out_small, hints_small)(
-        small, out_small, hints_small)
-    loss_padded = train.compile_once(loss, padded, out_padded, hints_padded)(
-        padded, out_padded, hints_padded)
+    loss_small = _run_once(loss, small, out_small, hints_small)
+    loss_padded = _run_once(loss, padded, out_padded, hints_padded)
     np.testing.assert_allclose(loss_padded, loss_small, rtol=1e-5)
     assert np.isfinite(loss_small) and loss_small > 0
 
