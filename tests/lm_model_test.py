@@ -206,6 +206,43 @@ def test_cached_decoding_equals_full_forward(variant, prefix_length):
             np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
 
 
+def test_causal_blocks_equal_one_product():
+    """Within a chunk, attention by query blocks (upper triangle skipped)
+    equals the full masked product, values and gradients, for a length that
+    is not a multiple of the block, with padding, a prefix and two packed
+    segments."""
+    # pylint: disable=protected-access
+    full, blocked = model_lib._attend, model_lib._attend_causal_blocks
+    length = 2 * model_lib._QUERY_BLOCK + 22
+    rng = np.random.default_rng(0)
+    segment_ids = np.ones((2, length), np.int32)
+    segment_ids[0, :5] = model_lib.PREFIX_SEGMENT
+    segment_ids[0, 70:] = 2
+    segment_ids[1, :40] = model_lib.PAD_SEGMENT
+    slots = jnp.arange(length)
+    mask = model_lib.attention_mask(segment_ids, segment_ids, slots, slots)
+    q = _normal(1, (2, 2, 2, length, 8))  # [B, K, G, L, D]
+    k = _normal(2, (2, 2, 8, length))
+    v = _normal(3, (2, 2, length, 8))
+    # Padding queries see no key; their outputs are unused (and differ: the
+    # mean of all values in reach), so they carry no gradient and are not
+    # compared.
+    real = (segment_ids != model_lib.PAD_SEGMENT)[:, None, None, :, None]
+    cotangent = jnp.asarray(rng.normal(size=q.shape) * real, jnp.float32)
+
+    def loss(attend, q, k, v):
+        return jnp.sum(attend(q, k, v, mask) * cotangent)
+
+    out = blocked(q, k, v, mask)
+    assert out.shape == q.shape
+    np.testing.assert_allclose(out * real, full(q, k, v, mask) * real,
+                               atol=1e-5, rtol=0)
+    grads = [jax.grad(functools.partial(loss, attend), argnums=(0, 1, 2))(q, k, v)
+             for attend in (full, blocked)]
+    for want, got in zip(*grads):
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+
+
 # -- Partitioning. ----------------------------------------------------------
 
 def test_sharded_init_on_one_device_mesh():
