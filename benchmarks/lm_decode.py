@@ -3,7 +3,7 @@ r"""Decoding speed of `lm.sampler.sample` against transformers `generate`.
   python benchmarks/lm_decode.py [--batch_sizes=1,16] [--prompt_length=512]
       [--new_tokens=256] [--repeats=3] [--torch_python=PATH|none]
       [--checkpoint=HF_FOLDER] [--dtype=float32] [--peak_bandwidth_gbs=3350]
-      [--json_out=PATH]
+      [--cpu_devices=0] [--json_out=PATH]
 
 The model (benchmarks/lm_bench_model.py): by default a random 6.5M-parameter
 Llama made by transformers under `--torch_python` and imported with
@@ -12,6 +12,13 @@ Both sides decode the same random prompts (`--prompt_length` tokens, no
 padding) by sampling at temperature 1 with no top-k / top-p filter, every
 row generating exactly `--new_tokens` tokens: EOS is disabled (our
 `eos_id=-1`, an id no token has; transformers' `min_new_tokens`).
+
+On CPU the host is split into `--cpu_devices` JAX devices (default: one per
+core, `lm.partitioning.set_cpu_device_count`), and batch size B is served on
+`lm.serving.default_mesh(B)`: data-parallel over the most devices that divide
+B, as `LanguageModel` serves a batch by default. XLA:CPU runs much of a
+decoding step on one thread per device, so this is how the sampler uses
+several cores; `--cpu_devices=1` measures one device.
 
 For each batch size B and each of `--repeats` rounds: our sampler (one
 `jax.jit` program: prefill, then a `lax.while_loop` over the steps; compiled
@@ -58,7 +65,7 @@ import lm_bench_model  # pylint: disable=g-import-not-at-top,wrong-import-positi
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 import torch_subprocess  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from lm import partitioning, sampler  # pylint: disable=g-import-not-at-top,wrong-import-position
+from lm import partitioning, sampler, serving  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 TARGET_RATIO = 2.0
 
@@ -79,6 +86,11 @@ flags.DEFINE_enum('dtype', 'float32', list(lm_bench_model.DTYPES),
                   'Served dtype (ours only; transformers runs float32).')
 flags.DEFINE_float('peak_bandwidth_gbs', 3350.0,
                    'Peak memory bandwidth of the accelerator, GB/s (H100 SXM).')
+flags.DEFINE_integer('cpu_devices', 0, 'On CPU, JAX devices the host is split '
+                     'into (0: one per core); each batch size runs on '
+                     '`serving.default_mesh(batch)` of them. 1 = the whole '
+                     'batch on one device.',
+                     lower_bound=0)
 flags.DEFINE_integer('seed', 0, 'Seed of the weights, prompts and sampling.')
 flags.DEFINE_string('json_out', '', 'Also write every measurement here.')
 
@@ -197,9 +209,10 @@ def main(argv):
     batch_sizes = [int(b) for b in FLAGS.batch_sizes]
     if min(batch_sizes) < 1:
         raise app.UsageError('batch sizes must be positive')
+    partitioning.set_cpu_device_count(FLAGS.cpu_devices)
     torch_python, torch_note = torch_subprocess.find_torch_python(
         FLAGS.torch_python, ('torch', 'transformers', 'numpy'))
-    device = jax.devices()[0].device_kind
+    device = f'{len(jax.devices())} x {jax.devices()[0].device_kind}'
     accelerator = jax.default_backend() != 'cpu'
     log(f'jax {jax.__version__} on {jax.default_backend()} ({device}), '
         f'{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; '
@@ -221,19 +234,23 @@ def main(argv):
                                         pad_id=served.vocab.pad_id)
         key = jax.random.key(FLAGS.seed)
         rows = [Row(b) for b in batch_sizes]
+        served_at = {b: served.with_mesh(serving.default_mesh(b))
+                     for b in batch_sizes}
         for row in rows:
-            seconds, _, _ = time_ours(served, prompts[:row.batch], config,
+            seconds, _, _ = time_ours(served_at[row.batch], prompts[:row.batch],
+                                      config,
                                       jax.random.fold_in(key, 10_000 + row.batch))
             row.first_call_s = seconds
             if accelerator:
                 row.bandwidth_bound = bandwidth_bound(
                     served, row.batch, FLAGS.prompt_length, FLAGS.new_tokens,
                     FLAGS.peak_bandwidth_gbs * 1e9)
-            log(f'  batch {row.batch}: first call {seconds:.1f} s')
+            log(f'  batch {row.batch}: first call {seconds:.1f} s on '
+                f'{served_at[row.batch].mesh.size} device(s)')
         for rep in range(FLAGS.repeats):
             for row in rows:
                 seconds, cpu_seconds, recompiles = time_ours(
-                    served, prompts[:row.batch], config,
+                    served_at[row.batch], prompts[:row.batch], config,
                     jax.random.fold_in(key, rep * 1000 + row.batch))
                 row.ours.append(row.batch * FLAGS.new_tokens / seconds)
                 row.ours_cpu.append(row.batch * FLAGS.new_tokens / cpu_seconds)

@@ -3,7 +3,7 @@ r"""Soft-prompt tuning speed (`lm.prompt_tuning.tune`) at the paper's settings.
   python benchmarks/prompt_tuning.py [--num_examples=16] [--num_epochs=5]
       [--prompt_tokens=600] [--target_tokens=200] [--repeats=3]
       [--torch_python=PATH|none] [--checkpoint=HF_FOLDER] [--dtype=float32]
-      [--json_out=PATH]
+      [--cpu_devices=0] [--json_out=PATH]
 
 The model is the one of benchmarks/lm_decode.py (benchmarks/lm_bench_model.py:
 a random 6.5M-parameter Llama made by transformers and imported with
@@ -59,6 +59,10 @@ flags.DEFINE_integer('num_epochs', 5, 'Epochs per run (paper: 5).')
 flags.DEFINE_integer('prompt_tokens', 600, 'Mean few-shot prompt length.')
 flags.DEFINE_integer('target_tokens', 200, 'Mean target (child) length.')
 flags.DEFINE_integer('repeats', 3, 'Timed runs (median reported).')
+flags.DEFINE_integer('cpu_devices', 0, 'On CPU, JAX devices the host is split '
+                     'into (0: one per core); the model is served on '
+                     '`serving.default_mesh` of them, as `LanguageModel` is.',
+                     lower_bound=0)
 flags.DEFINE_string(
     'torch_python', '',
     "Interpreter with torch and transformers, to make the weights. '' uses "
@@ -116,9 +120,10 @@ def tune(served, examples, config, seed: int) -> tuple[float, dict]:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+    partitioning.set_cpu_device_count(FLAGS.cpu_devices)
     torch_python, torch_note = torch_subprocess.find_torch_python(
         FLAGS.torch_python, ('torch', 'transformers', 'numpy'))
-    device = jax.devices()[0].device_kind
+    device = f'{len(jax.devices())} x {jax.devices()[0].device_kind}'
     log(f'jax {jax.__version__} on {jax.default_backend()} ({device}), '
         f'{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; '
         f'weights by transformers: {torch_python or torch_note}')

@@ -31,6 +31,7 @@ from absl import app, flags, logging
 import gin
 
 from evoprompting import gin_utils, search
+from lm import partitioning
 
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_string(
@@ -45,6 +46,12 @@ flags.DEFINE_string('workdir', None, 'Output folder of the run (created if '
 flags.DEFINE_bool('allow_config_change', False, 'Resume a workdir even though '
                   'the gin configuration differs from the one it was started '
                   'with (e.g. to add rounds).')
+flags.DEFINE_integer('cpu_devices', 0, 'On a CPU-only machine, JAX devices '
+                     'the host CPU is split into (0: one per core): the '
+                     'in-process LM shards its sampling and tuning batch '
+                     'over them. Candidates train in sandbox workers, which '
+                     'have their own setting. No effect on accelerators.',
+                     lower_bound=0)
 flags.mark_flags_as_required(['gin_file', 'workdir'])
 
 _PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'gin-config',
@@ -115,6 +122,7 @@ def write_run_record(workdir: str, *, allow_config_change: bool) -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+    partitioning.set_cpu_device_count(FLAGS.cpu_devices)
     try:
         gin_utils.parse(FLAGS.gin_file, FLAGS.gin_bindings)
         write_run_record(FLAGS.workdir,

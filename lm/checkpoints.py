@@ -104,11 +104,13 @@ def load_hf(path: str, *, dtype: Any = jnp.float32,
             **options) -> serving.LanguageModel:
     """A Llama/Qwen2-family Hugging Face checkpoint folder, served.
 
-    Parameters go straight to their shardings on `mesh` (default: all
-    devices); `options` are `LanguageModel` fields (batch_size,
-    stop_strings, top_k, top_p, tuning). Errors as `hf_import.import_hf`.
+    Parameters go straight to their shardings on `mesh` (default:
+    `serving.default_mesh(batch_size)`); `options` are `LanguageModel` fields
+    (batch_size, stop_strings, top_k, top_p, tuning). Errors as
+    `hf_import.import_hf`.
     """
-    mesh = mesh or partitioning.make_mesh()
+    mesh = mesh or serving.default_mesh(
+        options.get('batch_size', serving.LanguageModel.batch_size))
     config, params, vocabulary = hf_import.import_hf(path, dtype=dtype, mesh=mesh)
     return serving.LanguageModel.create(config, params, vocabulary, mesh=mesh,
                                         **options)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import flax.linen as nn
@@ -59,6 +60,34 @@ def standard_logical_axis_rules(
         ('length', None),
         ('layers', None),
     )
+
+
+def set_cpu_device_count(count: int = 0) -> None:
+    """Splits the host CPU into `count` JAX devices (0: one per core).
+
+    XLA:CPU runs many of a decoding step's ops (the attention's reductions
+    over the KV cache among them) on one thread, so on a CPU-only machine a
+    mesh whose 'data' axis spans several host devices runs the batch's
+    shards in parallel: the benchmark Llama decodes 1.26x faster at batch 16
+    on 2 cores, the default model samples 1.6x faster (lm/README.md). Takes
+    effect only on the CPU backend; accelerators are unaffected.
+
+    Must be called before JAX initialises its backends (before any device
+    query or computation), as binaries do first thing in `main`.
+
+    Raises:
+      ValueError: `count` is negative.
+      RuntimeError: JAX's backends are already initialised.
+    """
+    if count < 0:
+        raise ValueError(f'CPU device count must be >= 0 (0: one per core), '
+                         f'got {count}')
+    count = count or len(os.sched_getaffinity(0))
+    try:
+        jax.config.update('jax_num_cpu_devices', count)
+    except RuntimeError as e:
+        raise RuntimeError(f'cannot split the CPU into {count} devices: JAX is '
+                           f'already initialised ({e})') from None
 
 
 def make_mesh(devices: Sequence[jax.Device] | int | None = None, *,

@@ -19,7 +19,7 @@ import sys
 from absl import app, flags
 import jax
 
-from lm import checkpoints, serving
+from lm import checkpoints, partitioning, serving
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('checkpoint', None, "'default', an lm.pretrain export "
@@ -29,12 +29,17 @@ flags.DEFINE_integer('num_samples', 4, 'Samples to draw.')
 flags.DEFINE_float('temperature', 0.8, 'Sampling temperature; 0 = greedy.')
 flags.DEFINE_integer('max_new_tokens', 256, 'Tokens per sample at most.')
 flags.DEFINE_integer('seed', 0, 'PRNG seed.')
+flags.DEFINE_integer('cpu_devices', 0, 'On a CPU-only machine, JAX devices the '
+                     'host CPU is split into (0: one per core); the samples '
+                     'are sharded over them.',
+                     lower_bound=0)
 flags.mark_flags_as_required(['checkpoint', 'prompt_file'])
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+    partitioning.set_cpu_device_count(FLAGS.cpu_devices)
     flags_to_check = ['prompt_file'] + (['checkpoint'] if FLAGS.checkpoint != 'default'
                                         else [])
     for flag in flags_to_check:

@@ -50,6 +50,25 @@ def _forward(model: model_lib.Transformer, params: Any,
     return model.apply({'params': params}, tokens)
 
 
+def default_mesh(batch_size: int) -> jax.sharding.Mesh:
+    """A data-parallel mesh over the most devices that divide `batch_size`.
+
+    A batch that does not split evenly would leave devices computing padding
+    or replicas (batch 1 over 2 CPU devices decoded 2.7x slower than on one).
+    """
+    count = max(n for n in range(1, len(jax.devices()) + 1)
+                if batch_size % n == 0)
+    return partitioning.make_mesh(count)
+
+
+def _place(params: Any, config: model_lib.TransformerConfig,
+           mesh: jax.sharding.Mesh, rules: partitioning.Rules) -> Any:
+    """`params` (plain or boxed) put on their logical shardings over `mesh`."""
+    shardings = partitioning.logical_shardings(
+        model_lib.abstract_params(config), mesh, rules)
+    return jax.device_put(partitioning.strip_boxes(params), shardings)
+
+
 @dataclasses.dataclass
 class LanguageModel:
     """A served decoder (see the module docstring). Build with `create`.
@@ -87,18 +106,22 @@ class LanguageModel:
     def create(cls, config: model_lib.TransformerConfig, params: Any,
                vocab: vocab_lib.Vocabulary, *,
                mesh: jax.sharding.Mesh | None = None, **options) -> LanguageModel:
-        """Places `params` (plain or boxed) on `mesh` (default: all devices)."""
+        """Places `params` (plain or boxed) on `mesh` (default:
+        `default_mesh(batch_size)`)."""
         if vocab.vocab_size > config.vocab_size:
             raise ValueError(f'vocabulary of {vocab.vocab_size} tokens does not fit '
                              f'the model\'s {config.vocab_size} embeddings')
-        mesh = mesh or partitioning.make_mesh()
+        mesh = mesh or default_mesh(options.get('batch_size', cls.batch_size))
         rules = partitioning.standard_logical_axis_rules(
             prompt_tuning.PARTITIONING_RULES)
-        shardings = partitioning.logical_shardings(
-            model_lib.abstract_params(config), mesh, rules)
-        params = jax.device_put(partitioning.strip_boxes(params), shardings)
-        return cls(config=config, params=params, vocab=vocab, mesh=mesh,
-                   rules=rules, **options)
+        return cls(config=config, params=_place(params, config, mesh, rules),
+                   vocab=vocab, mesh=mesh, rules=rules, **options)
+
+    def with_mesh(self, mesh: jax.sharding.Mesh) -> LanguageModel:
+        """The same model served on `mesh` (parameters placed there)."""
+        return dataclasses.replace(
+            self, mesh=mesh, params=_place(self.params, self.config, mesh,
+                                           self.rules))
 
     @property
     def model(self) -> model_lib.Transformer:

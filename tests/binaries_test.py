@@ -69,6 +69,8 @@ def test_main_runs_a_search_and_records_it(tmp_path):
     assert 'num_steps = 16' in config and 'ROUNDS = 2' in config
     metadata = json.loads((workdir / 'run_metadata.json').read_text())
     assert metadata['packages']['jax'] and metadata['devices']
+    # On CPU, the LM's process splits the host into one device per core.
+    assert len(metadata['devices']) == len(os.sched_getaffinity(0))
     assert metadata['git_revision']
     log = [json.loads(l) for l in
            (workdir / 'candidates.jsonl').read_text().splitlines()]
@@ -96,6 +98,8 @@ def test_main_runs_a_search_and_records_it(tmp_path):
     (['--gin_file=gin/mnist1d/quick.gin', '--gin_bindings=oops'],
      'bad gin configuration'),
     (['--gin_file=gin/mnist1d/quick.gin'], '--workdir'),
+    (['--gin_file=gin/mnist1d/quick.gin', '--cpu_devices=-1'],
+     'not a non-negative integer'),
 ])
 def test_main_bad_usage_fails_clearly(tmp_path, args, words):
     if words != '--workdir':

@@ -3,12 +3,13 @@
 import os
 import subprocess
 import sys
+import textwrap
 
 import jax
 import numpy as np
 import pytest
 
-from lm import checkpoints, prompt_tuning, sampler, serving, testing
+from lm import checkpoints, partitioning, prompt_tuning, sampler, serving, testing
 from lm import vocab as vocab_lib
 
 TEXTS = ['class Model(nn.Module):\n    x = nn.Dense(10)(x)\n'] * 30
@@ -96,3 +97,43 @@ def test_sample_cli(tmp_path):
                           f'--prompt_file={prompt}'],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and 'not found' in bad.stderr
+
+
+_TWO_CPU_DEVICES = textwrap.dedent('''
+    from lm import partitioning, serving, testing
+    partitioning.set_cpu_device_count(2)
+    import jax
+    import numpy as np
+    assert len(jax.devices()) == 2, jax.devices()
+    assert [serving.default_mesh(b).size for b in (16, 4, 3, 1)] == [2, 2, 1, 1]
+    lm = testing.tiny_language_model(batch_size=4)
+    assert lm.mesh.size == 2
+    one = lm.with_mesh(serving.default_mesh(1))
+    assert one.mesh.size == 1
+    # The batch split over two devices samples what one device samples.
+    args = dict(num_samples=4, max_new_tokens=12,
+                temperatures=[0.0, 0.5, 1.0, 1.0], rng=jax.random.key(3))
+    prompts = ['class Model', 'nn.Dense(']
+    assert lm.generate(prompts, **args) == one.generate(prompts, **args)
+    ids = np.asarray([lm.vocab.encode('class Model(nn.Module)')] * 4)
+    np.testing.assert_allclose(lm.logits(ids), one.logits(ids), atol=1e-5)
+    try:
+        partitioning.set_cpu_device_count(1)
+    except RuntimeError as e:
+        assert 'already initialised' in str(e), e
+    else:
+        raise AssertionError('no error once JAX is initialised')
+    print('OK')
+''')
+
+
+def test_batch_split_over_two_cpu_devices_in_subprocess():
+    result = subprocess.run([sys.executable, '-c', _TWO_CPU_DEVICES],
+                            env=dict(os.environ, JAX_PLATFORMS='cpu'),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and 'OK' in result.stdout, result.stderr[-3000:]
+
+
+def test_cpu_device_count_must_not_be_negative():
+    with pytest.raises(ValueError, match='>= 0'):
+        partitioning.set_cpu_device_count(-1)
