@@ -198,6 +198,20 @@ def attention_mask(q_segment_ids: jax.Array, k_segment_ids: jax.Array,
     return causal & visible & (k_seg != PAD_SEGMENT)
 
 
+def attention_bias(mask: jax.Array) -> jax.Array:
+    """The additive form of a boolean mask: 0.0 where True, `_MASKED` (the
+    most negative finite float32) where False; added to the scores.
+
+    Adding rather than selecting gives the same softmax (a score plus
+    `_MASKED` rounds to `_MASKED`, whose exponential is 0; a row with no
+    visible key stays uniform, not NaN), and XLA:CPU fuses the add into the
+    attention's reductions where it runs a `where` as its own pass: a decode
+    step's attention (batch 8, 768 slots) took 0.41 instead of 0.61 ms per
+    layer. The bias is also made once per call, not once per layer.
+    """
+    return jnp.where(mask, 0.0, _MASKED).astype(jnp.float32)
+
+
 def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
     """Rotary embedding, Hugging Face "rotate_half" convention.
 
@@ -255,16 +269,17 @@ class Attention(nn.Module):
     config: TransformerConfig
 
     @nn.compact
-    def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array,
+    def __call__(self, x: jax.Array, positions: jax.Array, bias: jax.Array,
                  kv_cache: tuple[jax.Array, jax.Array] | None,
                  cache_index: jax.Array) -> tuple[jax.Array, Any]:
         """Attends `x [B, L, embed]`; returns `([B, L, embed], new kv_cache)`.
 
         With `kv_cache = (k [B, K, D, S], v [B, K, S, D])`, the chunk's keys
         and values are written at `cache_index`; the queries then attend over
-        all S slots when `mask` is `[B, L, S]`, or over the chunk itself when
-        it is `[B, L, L]` (a prefill into an empty cache, which need not read
-        the empty slots). Without a cache, over the chunk (`mask [B, L, L]`).
+        all S slots when `bias` (`attention_bias`) is `[B, L, S]`, or over the
+        chunk itself when it is `[B, L, L]` (a prefill into an empty cache,
+        which need not read the empty slots). Without a cache, over the chunk
+        (`bias [B, L, L]`).
         """
         cfg = self.config
         h, kvh, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -298,28 +313,29 @@ class Attention(nn.Module):
                                              (0, 0, 0, cache_index)),
                 jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype),
                                              (0, 0, cache_index, 0)))
-            if mask.shape[-1] != l:  # Attend over the cache's S slots.
+            if bias.shape[-1] != l:  # Attend over the cache's S slots.
                 k, v = kv_cache
         k = nn.with_logical_constraint(k, ('batch', 'kv_heads', 'kv', 'length'))
         v = nn.with_logical_constraint(v, ('batch', 'kv_heads', 'length', 'kv'))
 
         q = q.reshape(b, l, kvh, h // kvh, d) * jnp.asarray(d ** -0.5, dt)
         q = jnp.transpose(q, (0, 2, 3, 1, 4))
-        if mask.shape[-1] == l:  # Within the chunk: causal over its own slots.
-            out = _attend_causal_blocks(q, k, v, mask)
+        if bias.shape[-1] == l:  # Within the chunk: causal over its own slots.
+            out = _attend_causal_blocks(q, k, v, bias)
         else:
-            out = _attend(q, k, v, mask)
-        out = jnp.transpose(out, (0, 3, 1, 2, 4)).reshape(b, l, h, d)
+            out = _attend(q, k, v, bias)
+        out = jnp.transpose(out, (0, 3, 1, 2, 4)).reshape(b, l, h * d)
         o_kernel = _param(self, 'o_kernel', _normal, (h, d, e),
                           ('heads', 'kv', 'embed'), pdt)
-        out = jnp.einsum('blhd,hde->ble', out, jnp.asarray(o_kernel, dt))
+        out = out @ jnp.asarray(o_kernel, dt).reshape(h * d, e)
         return out, kv_cache
 
 
-def _attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+def _attend(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array) -> jax.Array:
     """Softmax attention of `q [B, K, G, L, D]` (scaled; G query heads per
-    key/value head) over `k [B, K, D, S]` and `v [B, K, S, D]` where `mask
-    [B, L, S]` is True; returns `[B, K, G, L, D]` in `v`'s dtype.
+    key/value head) over `k [B, K, D, S]` and `v [B, K, S, D]`, with `bias
+    [B, L, S]` (`attention_bias`) added to the scores; returns `[B, K, G, L,
+    D]` in `v`'s dtype.
 
     Written for XLA:CPU, where decoding spends much of its time here
     (measured on the 6.5M-parameter benchmark Llama at batch 16):
@@ -338,7 +354,7 @@ def _attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Ar
     """
     b, kvh, g, l, d = q.shape
     if l == 1 and g == 1 and jax.default_backend() == 'cpu':
-        return _attend(jnp.concatenate([q, q], axis=2), k, v, mask)[:, :, :1]
+        return _attend(jnp.concatenate([q, q], axis=2), k, v, bias)[:, :, :1]
     f32 = jnp.float32
     if l == 1:
         logits = jnp.sum(q[..., None].astype(f32) * k[:, :, None, None].astype(f32),
@@ -347,7 +363,7 @@ def _attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Ar
         logits = jax.lax.dot_general(
             q.reshape(b, kvh, g * l, d), k, (((3,), (2,)), ((0, 1), (0, 1))),
             preferred_element_type=f32).reshape(b, kvh, g, l, -1)
-    logits = jnp.where(mask[:, None, None], logits, _MASKED)
+    logits = logits + bias[:, None, None]
     probs = jax.nn.softmax(logits, axis=-1)
     if l == 1:
         out = jnp.sum(probs[..., None] * v[:, :, None, None].astype(f32),
@@ -357,14 +373,14 @@ def _attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Ar
 
 
 def _attend_causal_blocks(q: jax.Array, k: jax.Array, v: jax.Array,
-                          mask: jax.Array) -> jax.Array:
-    """`_attend` of a chunk over itself (`mask [B, L, L]`, keys at the queries'
+                          bias: jax.Array) -> jax.Array:
+    """`_attend` of a chunk over itself (`bias [B, L, L]`, keys at the queries'
     own slots), by blocks of `_QUERY_BLOCK` queries.
 
-    The mask is causal (`attention_mask`), so the queries of slots
-    `[start, end)` see no key after slot `end - 1`: each block reads only keys
-    `[0, end)`, skipping the upper triangle that a full `[L, L]` product
-    computes and masks. The skipped scores would contribute exactly 0 to the
+    The bias comes from a causal mask (`attention_mask`), so the queries of
+    slots `[start, end)` see no key after slot `end - 1`: each block reads
+    only keys `[0, end)`, skipping the upper triangle that a full `[L, L]`
+    product computes and masks. The skipped scores would contribute exactly 0 to the
     softmax, so every query that sees a key (every non-padding token sees
     itself) gets the same result up to the order of float32 sums; a padding
     query sees none, and its output (unused) is the mean of fewer values.
@@ -374,12 +390,12 @@ def _attend_causal_blocks(q: jax.Array, k: jax.Array, v: jax.Array,
     """
     length = q.shape[3]
     if length <= _QUERY_BLOCK:
-        return _attend(q, k, v, mask)
+        return _attend(q, k, v, bias)
     blocks = []
     for start in range(0, length, _QUERY_BLOCK):
         end = min(start + _QUERY_BLOCK, length)
         blocks.append(_attend(q[:, :, :, start:end], k[..., :end],
-                              v[:, :, :end], mask[:, start:end, :end]))
+                              v[:, :, :end], bias[:, start:end, :end]))
     return jnp.concatenate(blocks, axis=3)
 
 
@@ -407,12 +423,12 @@ class DecoderLayer(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, kv_cache: Any, positions: jax.Array,
-                 mask: jax.Array, cache_index: jax.Array) -> tuple[jax.Array, Any]:
+                 bias: jax.Array, cache_index: jax.Array) -> tuple[jax.Array, Any]:
         cfg = self.config
         norm = functools.partial(RMSNorm, eps=cfg.rms_norm_eps, dtype=cfg.dtype,
                                  param_dtype=cfg.param_dtype)
         h, kv_cache = Attention(cfg, name='attn')(
-            norm(name='attn_norm')(x), positions, mask, kv_cache, cache_index)
+            norm(name='attn_norm')(x), positions, bias, kv_cache, cache_index)
         x = x + h
         x = x + Mlp(cfg, name='mlp')(norm(name='mlp_norm')(x))
         x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
@@ -548,11 +564,12 @@ class Transformer(nn.Module):
             mask = attention_mask(segment_ids, k_segment_ids,
                                   index + jnp.arange(length),
                                   jnp.arange(cache.length))
+        bias = attention_bias(mask)
 
         if cache is None:
-            x, _ = self.layers(x, None, positions, mask, index)
+            x, _ = self.layers(x, None, positions, bias, index)
         else:
-            x, kv = self._unrolled_layers(x, kv, positions, mask, index)
+            x, kv = self._unrolled_layers(x, kv, positions, bias, index)
         x = x[:, -1:] if last_only else x[:, num_prefix:]
         x = self.final_norm(x)
         if cfg.tie_embeddings:
@@ -568,7 +585,7 @@ class Transformer(nn.Module):
                             index=index + length)
         return logits, new_cache
 
-    def _unrolled_layers(self, x, kv, positions, mask, index):
+    def _unrolled_layers(self, x, kv, positions, bias, index):
         """The scanned layer stack as a Python loop over per-layer caches.
 
         Layer i runs `DecoderLayer` on row i of the stacked parameters and
@@ -581,7 +598,7 @@ class Transformer(nn.Module):
         for i in range(self.config.num_layers):
             params = jax.tree_util.tree_map(lambda p, i=i: p[i], stacked)
             x, (k, v) = layer.apply({'params': params}, x, (kv[0][i], kv[1][i]),
-                                    positions, mask, index)
+                                    positions, bias, index)
             keys.append(k)
             values.append(v)
         return x, (tuple(keys), tuple(values))

@@ -220,7 +220,8 @@ def test_causal_blocks_equal_one_product():
     segment_ids[0, 70:] = 2
     segment_ids[1, :40] = model_lib.PAD_SEGMENT
     slots = jnp.arange(length)
-    mask = model_lib.attention_mask(segment_ids, segment_ids, slots, slots)
+    bias = model_lib.attention_bias(
+        model_lib.attention_mask(segment_ids, segment_ids, slots, slots))
     q = _normal(1, (2, 2, 2, length, 8))  # [B, K, G, L, D]
     k = _normal(2, (2, 2, 8, length))
     v = _normal(3, (2, 2, length, 8))
@@ -231,11 +232,11 @@ def test_causal_blocks_equal_one_product():
     cotangent = jnp.asarray(rng.normal(size=q.shape) * real, jnp.float32)
 
     def loss(attend, q, k, v):
-        return jnp.sum(attend(q, k, v, mask) * cotangent)
+        return jnp.sum(attend(q, k, v, bias) * cotangent)
 
-    out = blocked(q, k, v, mask)
+    out = blocked(q, k, v, bias)
     assert out.shape == q.shape
-    np.testing.assert_allclose(out * real, full(q, k, v, mask) * real,
+    np.testing.assert_allclose(out * real, full(q, k, v, bias) * real,
                                atol=1e-5, rtol=0)
     grads = [jax.grad(functools.partial(loss, attend), argnums=(0, 1, 2))(q, k, v)
              for attend in (full, blocked)]
