@@ -2,7 +2,8 @@ r"""Does the default LM do what EvoPrompting needs of it? (issue 4, section 7)
 
     python benchmarks/lm_children.py [--checkpoint=default|EXPORT_DIR] \
         [--corpus_dir=DIR] [--num_prompts=6] [--samples=5] \
-        [--copy_weight=0,0.7] [--copy_min_match=8] \
+        [--copy_weight=0,0.7] [--copy_min_match=8] [--copy_half_life=20] \
+        [--order=nearest_last|drawn|nearest_first] \
         [--max_new_tokens=384] [--seed=0]
 
 Prompts are the search's few-shot prompts (`prompts.few_shot_prompt`, the
@@ -10,9 +11,11 @@ MNIST-1D preamble-free code, the target of `prompts.target_metrics`, opening
 `class Model(nn.Module):`) over pairs of held-out parents: seeds with every
 width, kernel and activation redrawn by a generator seeded apart from the
 corpus (`corpus.random_parent`); with --corpus_dir, parents found in the
-corpus are replaced. Every prompt is sampled `--samples` times at each of the
-paper's temperatures {0.2, 0.6, 0.8, 1.0}, for each `--copy_weight` of the
-copy prior (`lm.sampler`; 0 = the plain LM).
+corpus are replaced. The parent nearest the target size is shown last, as the
+search shows it (`prompts.nearest_target_last`), unless `--order` says
+otherwise. Every prompt is sampled `--samples` times at each of the paper's
+temperatures {0.2, 0.6, 0.8, 1.0}, for each `--copy_weight` and
+`--copy_half_life` of the copy prior (`lm.sampler`; weight 0 = the plain LM).
 
 Per temperature:
   * valid: the child parses, passes `sandbox.validator.validate`, and builds
@@ -51,6 +54,10 @@ flags.DEFINE_integer('num_prompts', 6, 'Prompts (parent pairs).')
 flags.DEFINE_integer('samples', 5, 'Samples per prompt and temperature.')
 flags.DEFINE_list('copy_weight', ['0', '0.7'], 'Copy-prior weights to compare.')
 flags.DEFINE_integer('copy_min_match', 8, 'The copy prior\'s minimum match.')
+flags.DEFINE_list('copy_half_life', ['20'], 'Copy-prior half-lives to compare.')
+flags.DEFINE_enum('order', 'nearest_last', ['nearest_last', 'drawn', 'nearest_first'],
+                  'Parent order in the prompt: nearest the target size last '
+                  '(as the search), as drawn, or nearest first (a control).')
 flags.DEFINE_integer('max_new_tokens', 384, 'Tokens per child at most.')
 flags.DEFINE_integer('seed', 0, 'Seed of the parents and of sampling.')
 flags.DEFINE_bool('build_worker', False, 'Internal: build JSON sources from stdin.')
@@ -135,6 +142,10 @@ def main(argv):
         examples = [prompts.Example(p.code, prompts.Metrics(
             p.num_params, round(float(rng.uniform(0.5, 0.95)), 3))) for p in pair]
         target = prompts.target_metrics([e.metrics for e in examples])
+        if FLAGS.order != 'drawn':
+            examples = prompts.nearest_target_last(examples, target)
+        if FLAGS.order == 'nearest_first':
+            examples.reverse()
         text = prompts.few_shot_prompt(examples, target, corpus.OPENING)
         if len(lm.vocab.encode(text)) > room:
             continue  # Too long for the context with room for a child.
@@ -147,12 +158,15 @@ def main(argv):
     print(f'{len(cases)} prompts; target sizes {[c["target"] for c in cases]}')
 
     temps = [t for t in TEMPERATURES for _ in range(FLAGS.samples)]
+    settings = [(w, h) for w in map(float, FLAGS.copy_weight)
+                for h in (map(int, FLAGS.copy_half_life) if w else [0])]
     summary = []
-    for copy_weight in map(float, FLAGS.copy_weight):
-        name = (f'copy_weight={copy_weight:g}, '
-                f'copy_min_match={FLAGS.copy_min_match}')
+    for copy_weight, half_life in settings:
+        name = (f'copy_weight={copy_weight:g}, copy_min_match='
+                f'{FLAGS.copy_min_match}, copy_half_life={half_life}')
         model = dataclasses.replace(lm, copy_weight=copy_weight,
-                                    copy_min_match=FLAGS.copy_min_match)
+                                    copy_min_match=FLAGS.copy_min_match,
+                                    copy_half_life=half_life)
         tic = time.time()
         texts = model.generate([c['prompt'] for c in cases], num_samples=len(temps),
                                max_new_tokens=FLAGS.max_new_tokens,
@@ -195,12 +209,12 @@ def main(argv):
                           near / nv, same / nv)
         ended = sum('class Model' not in r[2][20:] for r in rows) / len(rows)
         print(f'children without a second class statement: {ended:.0%}')
-        summary.append(f'copy {copy_weight:g}: valid '
+        summary.append(f'copy {copy_weight:g} half-life {half_life}: valid '
                        f'{pooled[0]:.0%}, parent-conditioned {pooled[1]:.0%} '
                        f'(control {pooled[2]:.0%}), within 2x {pooled[3]:.0%}, '
                        f'a parent verbatim {pooled[4]:.0%}')
     print(f'\nSUMMARY lm_children ({len(cases)} prompts x {len(temps)} samples, '
-          f'{FLAGS.checkpoint}): ' + '; '.join(summary))
+          f'{FLAGS.checkpoint}, order {FLAGS.order}): ' + '; '.join(summary))
 
 
 if __name__ == '__main__':

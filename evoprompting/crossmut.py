@@ -32,6 +32,12 @@ Choices where the paper is silent (each a field of `CrossMutConfig`):
   parents are the best scored candidates, retired or not; a warning says so.
 * A prompt longer than the LM's context leaves room for is redrawn (up to
   `max_redraws` times); then its parents are the shortest ones.
+* A prompt shows its parents from the farthest to the nearest to the target
+  size (`nearest_parent_last`; `prompts.nearest_target_last`), the paper
+  giving no order: an LM whose copy prior prefers what it saw last then
+  mostly edits the parent whose size the target asks for (lm/README.md). In
+  a tuning example the target is the child's size, so the parent shown last
+  is the one nearest the child.
 
 Soft prompts are saved as orbax checkpoints `<workdir>/soft_prompts/round_<t>`.
 """
@@ -68,6 +74,8 @@ class CrossMutConfig:
       tune_prompt: prompt-tune between rounds (False: the ablation).
       soft_prompt_length: soft prompt tokens (paper: 16).
       max_redraws: tries to draw parents whose prompt fits the context.
+      nearest_parent_last: show parents from the farthest to the nearest to
+        the target size (False: in the order drawn).
     """
 
     num_prompts: int = 10
@@ -80,6 +88,7 @@ class CrossMutConfig:
     tune_prompt: bool = True
     soft_prompt_length: int = 16
     max_redraws: int = 10
+    nearest_parent_last: bool = True
 
 
 def select_parents(history: search.History, round_index: int, *,
@@ -147,6 +156,8 @@ class CrossMut:
                 target: prompts.Metrics | None = None) -> str:
         shots = [self._example(history.by_id(i)) for i in parents]
         target = target or prompts.target_metrics([s.metrics for s in shots])
+        if self.config.nearest_parent_last:
+            shots = prompts.nearest_target_last(shots, target)
         return prompts.few_shot_prompt(shots, target, self.opening)
 
     def _parents(self, history: search.History, round_index: int) -> list[int]:

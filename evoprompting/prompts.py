@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import math
 from typing import Sequence
 
 METRICS_HEADER = '"""Metrics:\n'
@@ -70,6 +71,17 @@ def target_metrics(parents: Sequence[Metrics], *,
     accuracy = min(max_accuracy, max(p.val_accuracy for p in parents)
                    * accuracy_factor)
     return Metrics(num_params=size, val_accuracy=round(accuracy, 3))
+
+
+def nearest_target_last(parents: Sequence[Example],
+                        target: Metrics) -> list[Example]:
+    """`parents` from the farthest to the nearest to the target size (by the
+    ratio of parameter counts; ties keep their order). An LM whose copy prior
+    prefers what the prompt shows last (`lm.sampler`, `copy_half_life`) then
+    mostly copies the parent whose size the target asks for."""
+    distance = lambda p: abs(math.log(max(p.metrics.num_params, 1)
+                                      / max(target.num_params, 1)))
+    return sorted(parents, key=distance, reverse=True)
 
 
 def few_shot_prompt(parents: Sequence[Example], target: Metrics,

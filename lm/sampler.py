@@ -41,6 +41,10 @@ model's distribution after temperature and filtering (for greedy rows, at
 temperature 1, and the argmax of the mixture is taken). Where no match is long
 enough, rows sample from the model alone (the same draws as without the
 prior). The matches start from the prompt's last `COPY_INIT_SPAN` tokens.
+With `copy_half_life` h > 0, a match counts `2 ** (-d / h)`, where d is how
+many tokens before the prompt's end it ends: where the text matches several
+places equally well (code that two few-shot examples share), the copy prior
+follows the latest, so a caller chooses what is copied by what it shows last.
 
 Stopping: a row stops after emitting `eos_id` and emits `pad_id` thereafter;
 the loop ends when every row has stopped or after `max_new_tokens`. Stop
@@ -79,6 +83,9 @@ class SamplingConfig:
         0 = off (nothing of it is traced).
       copy_min_match: tokens a suffix must match in the prompt before the
         copy prior proposes what followed it.
+      copy_half_life: in prompt tokens, how fast a match's weight in the copy
+        prior falls with its distance from the prompt's end (module
+        docstring); 0 = every match weighs the same.
     """
 
     max_new_tokens: int
@@ -88,6 +95,7 @@ class SamplingConfig:
     top_p: float = 1.0
     copy_weight: float = 0.0
     copy_min_match: int = 4
+    copy_half_life: int = 0
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -103,6 +111,9 @@ class SamplingConfig:
         if self.copy_min_match < 1:
             raise ValueError(
                 f'copy_min_match must be >= 1, got {self.copy_min_match}')
+        if self.copy_half_life < 0:
+            raise ValueError(
+                f'copy_half_life must be >= 0, got {self.copy_half_life}')
 
 
 @flax.struct.dataclass
@@ -317,19 +328,24 @@ def initial_matches(prompt_tokens: jax.Array, prompt_mask: jax.Array) -> jax.Arr
 
 
 def copy_distribution(matches: jax.Array, prompt_tokens: jax.Array, *,
-                      vocab_size: int, min_match: int) -> jax.Array:
+                      vocab_size: int, min_match: int,
+                      half_life: int = 0) -> jax.Array:
     """`[B, vocab_size]` log-probabilities of the prompt tokens that follow
-    the row's longest matches (each match counts once); all -inf in rows whose
+    the row's longest matches (each counts once, or `2 ** (-d / half_life)`
+    when it ends d tokens before the prompt's end); all -inf in rows whose
     longest match is shorter than `min_match`. The prompt's last position is
     no candidate: what follows it is the text being written."""
     matches, following = matches[:, :-1], prompt_tokens[:, 1:]
     longest = jnp.max(matches, axis=1, keepdims=True)
     chosen = ((matches == longest) & (longest >= min_match)).astype(jnp.float32)
+    if half_life:
+        distance = jnp.arange(matches.shape[1], 0, -1, dtype=jnp.float32)
+        chosen = chosen * jnp.exp2(-distance / half_life)[None]
     rows = jnp.arange(matches.shape[0])[:, None]
     counts = jnp.zeros((matches.shape[0], vocab_size), jnp.float32)
     counts = counts.at[rows, following].add(chosen)
-    total = jnp.maximum(jnp.sum(counts, axis=-1, keepdims=True), 1.0)
-    return jnp.log(counts) - jnp.log(total)
+    total = jnp.sum(counts, axis=-1, keepdims=True)
+    return jnp.log(counts) - jnp.log(jnp.where(total > 0, total, 1.0))
 
 
 # (tokens [B, 1], positions [B, 1], segment_ids [B, 1], cache)
@@ -386,7 +402,7 @@ def decode_loop(decode_fn: DecodeFn, cache: Any, first_logits: jax.Array,
         key = jax.random.fold_in(rng, state.step)
         copy_log_probs = None if not copying else copy_distribution(
             state.matches, prompt.tokens, vocab_size=vocab_size,
-            min_match=config.copy_min_match)
+            min_match=config.copy_min_match, half_life=config.copy_half_life)
         token = sample_from_logits(state.logits, key, temperatures,
                                    top_k=config.top_k, top_p=config.top_p,
                                    copy_log_probs=copy_log_probs,

@@ -82,10 +82,11 @@ class LanguageModel:
       batch_size: rows per sampling call.
       stop_strings: samples are cut before the first of these.
       top_k, top_p: sampling filters (0 and 1.0 disable them).
-      copy_weight, copy_min_match: the sampler's copy prior (prompt lookup,
-        `lm.sampler`): it makes a small model continue what its prompt shows
-        (the parents' layers) instead of what it recalls from training;
-        copy_weight 0 disables it.
+      copy_weight, copy_min_match, copy_half_life: the sampler's copy prior
+        (prompt lookup, `lm.sampler`): it makes a small model continue what its
+        prompt shows (the parents' layers) instead of what it recalls from
+        training, preferring what the prompt shows last when copy_half_life
+        > 0; copy_weight 0 disables it.
       tuning: soft-prompt tuning settings used by `tune`.
     """
 
@@ -100,6 +101,7 @@ class LanguageModel:
     top_p: float = 1.0
     copy_weight: float = 0.0
     copy_min_match: int = 4
+    copy_half_life: int = 0
     tuning: prompt_tuning.TuningConfig = prompt_tuning.TuningConfig()
 
     @classmethod
@@ -170,7 +172,8 @@ class LanguageModel:
         return sampler.SamplingConfig(
             max_new_tokens=max_new_tokens, eos_id=self.vocab.eos_id,
             pad_id=self.vocab.pad_id, top_k=self.top_k, top_p=self.top_p,
-            copy_weight=self.copy_weight, copy_min_match=self.copy_min_match)
+            copy_weight=self.copy_weight, copy_min_match=self.copy_min_match,
+            copy_half_life=self.copy_half_life)
 
     def logits(self, token_ids: np.ndarray) -> np.ndarray:
         """float32 `[B, T, vocab]` logits of `[B, T]` token ids."""

@@ -118,6 +118,9 @@ def test_sampling_config_validation():
     with pytest.raises(ValueError, match='copy_min_match'):
         sampler.SamplingConfig(max_new_tokens=4, eos_id=1, pad_id=0,
                                copy_weight=0.5, copy_min_match=0)
+    with pytest.raises(ValueError, match='copy_half_life'):
+        sampler.SamplingConfig(max_new_tokens=4, eos_id=1, pad_id=0,
+                               copy_weight=0.5, copy_half_life=-1)
 
 
 # -- Token choice. ------------------------------------------------------------
@@ -252,6 +255,24 @@ def test_copy_distribution_follows_the_longest_matches():
     log_probs = sampler.copy_distribution(matches, tokens, vocab_size=12,
                                           min_match=2)
     np.testing.assert_allclose(np.exp(log_probs[0]), np.eye(12)[5])
+
+
+def test_copy_half_life_favours_the_latest_match():
+    # "5 6" ends at positions 2 (then 7) and 6 (then 9), 8 and 4 tokens before
+    # the prompt's end: equal weights without a half-life, 1 : 2 ** (4 / 2)
+    # with half-life 2, whatever the padding.
+    prompt = [3, 5, 6, 7, 8, 5, 6, 9, 4, 5, 6]
+    for bucket in (11, 16):
+        batch = sampler.pad_prompts([prompt], pad_id=0, buckets=(bucket,))
+        tokens, mask = jnp.asarray(batch.tokens), jnp.asarray(batch.mask)
+        matches = sampler.initial_matches(tokens, mask)
+        for half_life, expected in ((0, 0.5), (2, 0.8)):
+            probs = np.exp(sampler.copy_distribution(
+                matches, tokens, vocab_size=12, min_match=2,
+                half_life=half_life)[0])
+            np.testing.assert_allclose(probs[[7, 9]], [1 - expected, expected],
+                                       rtol=1e-6)
+            assert probs.sum() == pytest.approx(1.0)
 
 
 def _copy_config(weight, min_match=3, max_new_tokens=6):

@@ -66,6 +66,18 @@ def test_golden_prompt():
     assert prompts.few_shot_prompt(parents, target, OPENING) == GOLDEN
 
 
+def test_nearest_target_last_orders_by_size_ratio():
+    example = lambda n: prompts.Example('x = 1\n', prompts.Metrics(n, 0.5))
+    order = lambda sizes, target: [p.metrics.num_params for p in
+                                   prompts.nearest_target_last(
+                                       [example(n) for n in sizes],
+                                       prompts.Metrics(target, 0.5))]
+    assert order([100, 5000, 300], 90) == [5000, 300, 100]
+    assert order([50, 200], 100) == [50, 200]  # Equally far: drawn order.
+    assert order([200, 50], 100) == [200, 50]
+    assert order([1000, 4000], 1900) == [4000, 1000]  # 2.1x against 1.9x.
+
+
 @pytest.mark.parametrize('sizes, accuracies, expected', [
     ([5210, 15210], [0.912, 0.656], prompts.Metrics(4700, 0.930)),
     ([4800, 4800], [0.865, 0.865], prompts.Metrics(4300, 0.882)),

@@ -214,6 +214,20 @@ def test_prompts_show_parents_and_targets(task, lm):
     assert 'import' not in text
 
 
+def test_prompts_show_the_parent_nearest_the_target_last(task, lm):
+    sizes = lambda text: [int(line.split("'")[3]) for line in text.splitlines()
+                          if line.startswith("{'num_params'")]
+    nearest_last = crossmut.CrossMut(lm=lm, task=task, config=SMALL)
+    drawn = crossmut.CrossMut(lm=lm, task=task, config=dataclasses.replace(
+        SMALL, nearest_parent_last=False))
+    for parents in ([3, 2], [2, 3]):
+        assert sizes(nearest_last._prompt(HISTORY, parents)) == [3000, 1000, 900]  # pylint: disable=protected-access
+    assert sizes(drawn._prompt(HISTORY, [3, 2])) == [1000, 3000, 900]  # pylint: disable=protected-access
+    # A tuning example's target is the child's size: its nearest parent last.
+    child = prompts.Metrics(num_params=2500, val_accuracy=0.9)
+    assert sizes(nearest_last._prompt(HISTORY, [2, 3], target=child)) == [1000, 3000, 2500]  # pylint: disable=protected-access
+
+
 def test_normalise_ignores_comments_and_layout():
     assert search.normalise('x = 1  # one\n') == search.normalise('x=1\n')
     assert search.normalise('x = (\n') == 'x = ('
