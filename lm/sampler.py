@@ -338,9 +338,12 @@ def copy_distribution(matches: jax.Array, prompt_tokens: jax.Array, *,
     matches, following = matches[:, :-1], prompt_tokens[:, 1:]
     longest = jnp.max(matches, axis=1, keepdims=True)
     chosen = ((matches == longest) & (longest >= min_match)).astype(jnp.float32)
-    if half_life:
-        distance = jnp.arange(matches.shape[1], 0, -1, dtype=jnp.float32)
-        chosen = chosen * jnp.exp2(-distance / half_life)[None]
+    if half_life:  # Weights relative to the latest match, which never underflows.
+        distance = jnp.arange(matches.shape[1], 0, -1, dtype=jnp.float32)[None]
+        latest = jnp.min(jnp.where(chosen > 0, distance, jnp.inf), axis=1,
+                         keepdims=True)
+        chosen = jnp.where(chosen > 0,
+                           jnp.exp2((latest - distance) / half_life), 0.0)
     rows = jnp.arange(matches.shape[0])[:, None]
     counts = jnp.zeros((matches.shape[0], vocab_size), jnp.float32)
     counts = counts.at[rows, following].add(chosen)

@@ -273,6 +273,13 @@ def test_copy_half_life_favours_the_latest_match():
             np.testing.assert_allclose(probs[[7, 9]], [1 - expected, expected],
                                        rtol=1e-6)
             assert probs.sum() == pytest.approx(1.0)
+    # A lone match far back still counts, however short the half-life.
+    batch = sampler.pad_prompts([[3, 5, 6, 7] + [9] * 300 + [5, 6]], pad_id=0)
+    tokens, mask = jnp.asarray(batch.tokens), jnp.asarray(batch.mask)
+    probs = np.exp(sampler.copy_distribution(
+        sampler.initial_matches(tokens, mask), tokens, vocab_size=12,
+        min_match=2, half_life=1)[0])
+    np.testing.assert_allclose(probs, np.eye(12)[7])
 
 
 def _copy_config(weight, min_match=3, max_new_tokens=6):
