@@ -347,8 +347,8 @@ def copy_distribution(matches: jax.Array, prompt_tokens: jax.Array, *,
     rows = jnp.arange(matches.shape[0])[:, None]
     counts = jnp.zeros((matches.shape[0], vocab_size), jnp.float32)
     counts = counts.at[rows, following].add(chosen)
-    total = jnp.sum(counts, axis=-1, keepdims=True)
-    return jnp.log(counts) - jnp.log(jnp.where(total > 0, total, 1.0))
+    total = jnp.maximum(jnp.sum(counts, axis=-1, keepdims=True), 1.0)
+    return jnp.log(counts) - jnp.log(total)
 
 
 # (tokens [B, 1], positions [B, 1], segment_ids [B, 1], cache)
