@@ -61,6 +61,16 @@ def _parse(source: str) -> tuple[ast.Module, ast.FunctionDef]:
     return tree, _call_method(tree)
 
 
+def is_model(source: str) -> bool:
+    """Whether the operators apply to `source`: it parses and has a `class
+    Model` with a `__call__` method."""
+    try:
+        _parse(source)
+    except NotAModel:
+        return False
+    return True
+
+
 def _int_constants(fn: ast.FunctionDef) -> list[ast.Constant]:
     """Positive int literals inside call arguments (incl. tuples) in `fn`."""
     found = []

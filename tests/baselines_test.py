@@ -218,6 +218,26 @@ baselines_test.probe.proposer = %PROPOSER
     assert proposer.config == expected and proposer.task.name == 'mnist1d'
 
 
+@pytest.mark.parametrize('path', ['gin/search/regularized_evolution.gin',
+                                  'gin/search/random_search.gin'])
+def test_a_task_without_model_seeds_is_refused_when_built(path):
+    gin_utils.parse(['gin/clrs/quick.gin', path], [], entry_config='''
+from __gin__ import dynamic_registration
+import baselines_test
+baselines_test.probe.proposer = %PROPOSER
+''')
+    with pytest.raises(ValueError, match=r'varies `class Model` programs.*'
+                       r'v1_standard, v3_sum_aggregation, v8_no_triplets.*LM method'):
+        gin.get_configurable(probe)()
+
+
+def test_is_model_tells_the_programs_the_operators_apply_to():
+    assert all(mutation.is_model(s) for s in SEEDS)
+    assert not mutation.is_model('def get_triplet_msgs(z):\n    return z\n')
+    assert not mutation.is_model('class Model(nn.Module):\n    x = 1\n')
+    assert not mutation.is_model('class Model(')
+
+
 def test_regularized_evolution_search_end_to_end(tmp_path_factory):
     """Seeds and 2 rounds of 3 children, each trained 16 steps."""
     task = mnist1d.Mnist1dTask(

@@ -54,10 +54,15 @@ class RandomSearchConfig:
 
 
 class RandomSearch:
-    """Random search (a `search.Proposer`; see the module docstring)."""
+    """Random search (a `search.Proposer`; see the module docstring).
+
+    Raises ValueError when built for a task whose seeds are not `class Model`
+    programs (`variation.require_model_seeds`).
+    """
 
     def __init__(self, *, task: base.Task,
                  config: RandomSearchConfig = RandomSearchConfig()):
+        variation.require_model_seeds(task, 'random search')
         self.task = task
         self.config = config
 

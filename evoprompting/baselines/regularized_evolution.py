@@ -99,10 +99,15 @@ def tournament(members: list[tuple[int, float]], size: int,
 
 
 class RegularizedEvolution:
-    """Regularized evolution (a `search.Proposer`; see the module docstring)."""
+    """Regularized evolution (a `search.Proposer`; see the module docstring).
+
+    Raises ValueError when built for a task whose seeds are not `class Model`
+    programs (`variation.require_model_seeds`).
+    """
 
     def __init__(self, *, task: base.Task,
                  config: RegularizedEvolutionConfig = RegularizedEvolutionConfig()):
+        variation.require_model_seeds(task, 'regularized evolution')
         self.task = task
         self.config = config
 

@@ -5,6 +5,9 @@
   preamble provides (`prompts.prompt_code`): the form of EvoPrompting's
   children, so the seeds' docstrings (which describe the seed, not the
   child) are not inherited.
+* The programs. The operators act on `class Model` programs (MNIST-1D's);
+  `require_model_seeds` refuses a task whose seeds are not, such as CLRS's
+  `get_triplet_msgs` functions, when the baseline is built, not rounds later.
 * Redrawing. `draw_children` calls a maker until it gives a usable child:
   one whose operators applied (`mutation.NotAModel` otherwise), that differs
   from each of its parents, and (with `avoid_duplicates`) from every earlier
@@ -21,9 +24,22 @@ from absl import logging
 import numpy as np
 
 from evoprompting import mutation, prompts, search
+from evoprompting.tasks import base
 
 # Makes one child from the generator, or raises mutation.NotAModel.
 Maker = Callable[[np.random.Generator], search.Proposal]
+
+
+def require_model_seeds(task: base.Task, method: str) -> None:
+    """Raises ValueError unless every seed of `task` is a `class Model`
+    program the operators apply to (`mutation.is_model`)."""
+    others = [s.name for s in task.seed_programs() if not mutation.is_model(s.source)]
+    if others:
+        raise ValueError(
+            f'{method} varies `class Model` programs (evoprompting/mutation.py), '
+            f'but task {task.name!r} has seeds without one: {", ".join(others)}. '
+            'Search this task with an LM method (gin/search/evoprompting.gin, '
+            'naive_few_shot.gin, no_prompt_tuning.gin, random_parents.gin).')
 
 
 def child_source(program: str, preamble: str) -> str:
