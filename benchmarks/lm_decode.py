@@ -2,7 +2,7 @@ r"""Decoding speed of `lm.sampler.sample` against transformers `generate`.
 
   python benchmarks/lm_decode.py [--batch_sizes=1,16] [--prompt_length=512]
       [--new_tokens=256] [--repeats=3] [--torch_python=PATH|none]
-      [--checkpoint=HF_FOLDER] [--dtype=float32] [--peak_bandwidth_gbs=3350]
+      [--checkpoint=HF_FOLDER] [--dtype=float32] [--peak_bandwidth_gbs=GBS]
       [--cpu_devices=0] [--json_out=PATH]
 
 The model (benchmarks/lm_bench_model.py): by default a random 6.5M-parameter
@@ -33,11 +33,12 @@ on a machine shared with other jobs, wall time measures the sharing as much as
 the code (torch's 2 OpenMP threads suffer far more from oversubscription
 than XLA's pool), so this column says how much work each side does per token.
 
-On an accelerator the table adds `bw bound`: the fraction of the
-memory-bandwidth bound, i.e. measured tokens/s over B x peak / (bytes read
-per step), where a step reads every parameter once and the KV cache at its
-mean occupancy (prompt + new_tokens / 2 slots per row, keys and values, every
-layer); the peak is `--peak_bandwidth_gbs` (default: H100 SXM, 3,350 GB/s).
+On an accelerator, or on CPU when `--peak_bandwidth_gbs` is given, the table
+adds `bw bound`: the fraction of the memory-bandwidth bound, i.e. measured
+tokens/s over B x peak / (bytes read per step), where a step reads every
+parameter once and the KV cache at its mean occupancy (prompt + new_tokens /
+2 slots per row, keys and values, every layer); the peak is
+`--peak_bandwidth_gbs` (default on an accelerator: H100 SXM, 3,350 GB/s).
 For a sweep: `--batch_sizes=1,2,4,8,16,32,64,128,256 --torch_python=none`.
 The last line is one SUMMARY line.
 """
@@ -68,6 +69,7 @@ import torch_subprocess  # pylint: disable=g-import-not-at-top,wrong-import-posi
 from lm import partitioning, sampler, serving  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 TARGET_RATIO = 2.0
+H100_SXM_GBS = 3350.0
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list('batch_sizes', ['1', '16'], 'Batch sizes to measure.')
@@ -84,8 +86,10 @@ flags.DEFINE_string('checkpoint', '', 'Serve this Hugging Face folder instead '
                     'of a new random Llama.')
 flags.DEFINE_enum('dtype', 'float32', list(lm_bench_model.DTYPES),
                   'Served dtype (ours only; transformers runs float32).')
-flags.DEFINE_float('peak_bandwidth_gbs', 3350.0,
-                   'Peak memory bandwidth of the accelerator, GB/s (H100 SXM).')
+flags.DEFINE_float('peak_bandwidth_gbs', None,
+                   'Peak memory bandwidth in GB/s for the `bw bound` column. '
+                   f'Default: {H100_SXM_GBS:,.0f} (H100 SXM) on an accelerator, '
+                   'no column on CPU; 0: no column.', lower_bound=0.0)
 flags.DEFINE_integer('cpu_devices', 0, 'On CPU, JAX devices the host is split '
                      'into (0: one per core); each batch size runs on '
                      '`serving.default_mesh(batch)` of them. 1 = the whole '
@@ -158,10 +162,10 @@ def time_ours(served, prompts: np.ndarray, config: sampler.SamplingConfig,
             sampler.sample._cache_size() - before)  # pylint: disable=protected-access
 
 
-def table(rows: list[Row], accelerator: bool) -> str:
+def table(rows: list[Row], bound_column: bool) -> str:
     header = ('| batch | ours tokens/s | transformers tokens/s | ratio | '
               'tokens/cpu-s ours / transformers (ratio) | '
-              'first call s (compile + run) |' + (' bw bound |' if accelerator else ''))
+              'first call s (compile + run) |' + (' bw bound |' if bound_column else ''))
     lines = [header, '|' + '---|' * (header.count('|') - 1)]
     for r in rows:
         ours = statistics.median(r.ours) if r.ours else None
@@ -173,7 +177,7 @@ def table(rows: list[Row], accelerator: bool) -> str:
                 f'{_fmt(cpu[0], ",.0f")} / {_fmt(cpu[1], ",.0f")} '
                 f'({_fmt(cpu_ratio, ".2f")}{"x" if cpu_ratio else ""}) | '
                 f'{_fmt(r.first_call_s, ".1f")} |')
-        if accelerator:
+        if bound_column:
             line += f' {_fmt(ours / r.bandwidth_bound if ours else None, ".1%")} |'
         lines.append(line)
     return '\n'.join(lines)
@@ -213,7 +217,9 @@ def main(argv):
     torch_python, torch_note = torch_subprocess.find_torch_python(
         FLAGS.torch_python, ('torch', 'transformers', 'numpy'))
     device = f'{len(jax.devices())} x {jax.devices()[0].device_kind}'
-    accelerator = jax.default_backend() != 'cpu'
+    peak_gbs = FLAGS.peak_bandwidth_gbs
+    if peak_gbs is None and jax.default_backend() != 'cpu':
+        peak_gbs = H100_SXM_GBS
     log(f'jax {jax.__version__} on {jax.default_backend()} ({device}), '
         f'{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; '
         f'transformers: {torch_python or torch_note}')
@@ -241,10 +247,10 @@ def main(argv):
                                       config,
                                       jax.random.fold_in(key, 10_000 + row.batch))
             row.first_call_s = seconds
-            if accelerator:
+            if peak_gbs:
                 row.bandwidth_bound = bandwidth_bound(
                     served, row.batch, FLAGS.prompt_length, FLAGS.new_tokens,
-                    FLAGS.peak_bandwidth_gbs * 1e9)
+                    peak_gbs * 1e9)
             log(f'  batch {row.batch}: first call {seconds:.1f} s on '
                 f'{served_at[row.batch].mesh.size} device(s)')
         for rep in range(FLAGS.repeats):
@@ -276,7 +282,7 @@ def main(argv):
 
     print(f'{how}; prompt {FLAGS.prompt_length}, new tokens {FLAGS.new_tokens}, '
           f'{FLAGS.dtype}, {device}, median of {FLAGS.repeats}')
-    print(table(rows, accelerator))
+    print(table(rows, bool(peak_gbs)))
     if not torch_python:
         print(f'transformers not measured: {torch_note}')
     if FLAGS.json_out:

@@ -1,0 +1,74 @@
+"""The LM benchmark scripts run end to end at tiny sizes (real sampling and
+tuning of the benchmark Llama with random JAX weights, no transformers), and
+lm_decode.py's memory-bandwidth bound, the column a GPU run reports, is the
+bytes of a step worked out here from the architecture."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from evoprompting import gin_utils
+
+BENCHMARKS = os.path.join(gin_utils.REPO_ROOT, 'benchmarks')
+
+
+def run_benchmark(script, *flags):
+    done = subprocess.run([sys.executable, os.path.join(BENCHMARKS, script), *flags],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.strip().splitlines()
+
+
+def test_lm_decode_reports_the_bandwidth_bound_fraction(tmp_path):
+    out = tmp_path / 'decode.json'
+    batch_sizes, prompt, new, peak_gbs = (1, 2), 16, 4, 20.0
+    lines = run_benchmark(
+        'lm_decode.py', '--batch_sizes=1,2', f'--prompt_length={prompt}',
+        f'--new_tokens={new}', '--repeats=2', '--torch_python=none',
+        f'--peak_bandwidth_gbs={peak_gbs}', f'--json_out={out}')
+    assert lines[-1].startswith('SUMMARY: ')
+    assert 'best bandwidth-bound fraction' in lines[-1]
+    assert 'no transformers comparison' in lines[-1]
+    assert any(line.endswith(' bw bound |') for line in lines)
+
+    # The benchmark Llama (lm_bench_model.MODEL; untied embeddings, no
+    # biases): parameters, and key/value bytes per row and slot, float32.
+    vocab, embed, layers, heads, kv_heads, mlp = 4096, 256, 6, 8, 4, 704
+    head_dim = embed // heads
+    params = 2 * vocab * embed + embed + layers * (
+        embed * heads * head_dim + 2 * embed * kv_heads * head_dim
+        + heads * head_dim * embed + 3 * embed * mlp + 2 * embed)
+    assert params == 6_524_160
+    kv_per_slot = layers * 2 * kv_heads * head_dim * 4
+    rows = json.loads(out.read_text())
+    assert [r['batch'] for r in rows] == list(batch_sizes)
+    for r in rows:
+        step_bytes = 4 * params + r['batch'] * (prompt + new / 2) * kv_per_slot
+        assert r['bandwidth_bound'] == pytest.approx(
+            r['batch'] * peak_gbs * 1e9 / step_bytes, rel=1e-9)
+        assert len(r['ours']) == 2 and min(r['ours']) > 0
+        assert r['recompiles'] == 0 and r['torch'] == []
+
+
+def test_lm_decode_has_no_bound_column_on_cpu_by_default():
+    lines = run_benchmark('lm_decode.py', '--batch_sizes=1', '--prompt_length=8',
+                          '--new_tokens=2', '--repeats=1', '--torch_python=none')
+    assert lines[-1].startswith('SUMMARY: ') and 'bandwidth' not in lines[-1]
+    assert not any('bw bound' in line for line in lines)
+
+
+def test_prompt_tuning_benchmark_tunes_without_recompiling(tmp_path):
+    out = tmp_path / 'tuning.json'
+    lines = run_benchmark(
+        'prompt_tuning.py', '--num_examples=4', '--num_epochs=2',
+        '--prompt_tokens=40', '--target_tokens=10', '--repeats=1',
+        '--torch_python=none', f'--json_out={out}')
+    assert lines[-1].startswith('SUMMARY: ') and 'examples/s' in lines[-1]
+    result = json.loads(out.read_text())
+    # 4 examples fit one batch of 16: one step per epoch.
+    assert result['steps'] == 2 and result['recompiles'] == 0
+    assert len(result['examples_per_s']) == 1 and result['examples_per_s'][0] > 0
+    assert len(result['epoch_loss']) == 2
