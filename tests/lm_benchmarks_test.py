@@ -1,10 +1,12 @@
 """The LM benchmark scripts run end to end at tiny sizes (real sampling and
-tuning of the benchmark Llama with random JAX weights, no transformers), and
-lm_decode.py's memory-bandwidth bound, the column a GPU run reports, is the
-bytes of a step worked out here from the architecture."""
+tuning of the benchmark Llama with random JAX weights, no transformers; real
+children of the embedded default model, built in the script's worker
+process), and lm_decode.py's memory-bandwidth bound, the column a GPU run
+reports, is the bytes of a step worked out here from the architecture."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -72,3 +74,20 @@ def test_prompt_tuning_benchmark_tunes_without_recompiling(tmp_path):
     assert result['steps'] == 2 and result['recompiles'] == 0
     assert len(result['examples_per_s']) == 1 and result['examples_per_s'][0] > 0
     assert len(result['epoch_loss']) == 2
+
+
+def test_lm_children_reports_the_three_rates_per_setting():
+    lines = run_benchmark('lm_children.py', '--num_prompts=2', '--samples=1',
+                          '--copy_weight=0,0.7')
+    rows = [line.split('|')[0].strip() for line in lines if line.count('|') == 6]
+    # Per setting: the header, the paper's four temperatures and the pool.
+    assert rows == 2 * ['temperature', '0.2', '0.6', '0.8', '1.0', 'all']
+    summary = lines[-1]
+    assert summary.startswith('SUMMARY lm_children (2 prompts x 4 samples, default')
+    rates = re.findall(r'copy ([\d.]+) half-life (\d+): valid (\d+)%, '
+                       r'parent-conditioned (\d+)% \(control (\d+)%\), '
+                       r'within 2x (\d+)%', summary)
+    assert [r[:2] for r in rates] == [('0', '0'), ('0.7', '20')]
+    # Of 8 children of the default model, some build (each in the script's
+    # worker process, under the MNIST-1D contract).
+    assert all(int(r[2]) > 0 for r in rates)
