@@ -28,7 +28,8 @@ def test_lm_decode_reports_the_bandwidth_bound_fraction(tmp_path):
     out = tmp_path / 'decode.json'
     batch_sizes, prompt, new, peak_gbs = (1, 2), 16, 4, 20.0
     lines = run_benchmark(
-        'lm_decode.py', '--batch_sizes=1,2', f'--prompt_length={prompt}',
+        'lm_decode.py', f'--batch_sizes={",".join(map(str, batch_sizes))}',
+        f'--prompt_length={prompt}',
         f'--new_tokens={new}', '--repeats=2', '--torch_python=none',
         f'--peak_bandwidth_gbs={peak_gbs}', f'--json_out={out}')
     assert lines[-1].startswith('SUMMARY: ')
