@@ -44,11 +44,11 @@ HOSTILE = [
     _case('import_jax_src', 'import jax._src.core', '_src'),
     _case('from_jax_src_import', 'from jax._src import core', '_src'),
     _case('from_flax_training_import_checkpoints',
-          'from flax.training import checkpoints', 'checkpoints'),
+          'from flax.training import checkpoints', 'training'),
     _case('import_flax_io', 'import flax.io', "'io'"),
     _case('import_flax_nnx', 'from flax import nnx', 'nnx'),
     _case('from_jax_debug_import_print', 'from jax.debug import print',
-          'print'),
+          'debug'),
     _case('star_import', 'from jax.numpy import *', 'import *'),
     _case('relative_import', 'from . import worker', 'relative import'),
     _case('relative_import_parent', 'from ..sandbox import worker',
@@ -127,17 +127,17 @@ HOSTILE = [
     _case('dunder_function_at_module_level', 'def __call__():\n    pass',
           '__call__'),
     _case('super_dunder_not_allowed',
-          'class A:\n    def f(self):\n'
-          "        return super().__getattribute__('x')",
+          'class A:\n    def __init__(self):\n'
+          "        super().__getattribute__('x')",
           '__getattribute__'),
-    _case('super_with_arguments', 'super(A, x).__init__()', '__init__'),
+    _case('super_with_arguments', 'super(A, x).__init__()', "'super'"),
     _case('traceback_frame',
           'try:\n    1 / 0\nexcept Exception as e:\n'
           '    e.__traceback__.tb_frame.f_globals',
           '__traceback__'),
     _case('class_pattern_dunder',
           'match x:\n    case object(__class__=c):\n        pass',
-          '__class__'),
+          'class pattern'),
     _case('match_capture_dunder',
           'match x:\n    case __builtins__:\n        pass', '__builtins__'),
     # --- str.format and jax.debug.print do attribute lookups --------------
@@ -223,7 +223,7 @@ HOSTILE = [
           'register_dataclass'),
     _case('flax_checkpoints',
           "flax.training.checkpoints.save_checkpoint('/tmp', s, 0)",
-          'checkpoints'),
+          'training'),
     _case('flax_io', "flax.io.GFile('/etc/passwd')", "'io'"),
     _case('flax_serialization', 'flax.serialization.from_bytes(s, b)',
           'serialization'),
@@ -278,8 +278,351 @@ HOSTILE = [
     _case('long_attribute_chain', 'a' + '.b' * 49_000, 'nested', SYNTAX),
 ]
 
+# Holes found by the audit of match statements, class-body names, protocols,
+# numpy.ma, flax.training and attribute stores; each program below passed the
+# validator before these rules.
+_PROTOCOL_MATCH_CHAIN = """
+    import typing
+    import flax
 
-@pytest.mark.parametrize('source,status,cause', HOSTILE)
+    @typing.runtime_checkable
+    @flax.struct.dataclass
+    class HasSys(typing.Protocol):
+        sys: int
+
+    @typing.runtime_checkable
+    @flax.struct.dataclass
+    class HasModules(typing.Protocol):
+        modules: int
+
+    @typing.runtime_checkable
+    @flax.struct.dataclass
+    class HasSystem(typing.Protocol):
+        system: int
+
+    match typing:
+        case HasSys(HasModules(modules)):
+            match modules['os']:
+                case HasSystem(run):
+                    run('true')
+    """
+_UNBOUND_METHOD = """
+    class A:
+        def put(self, fake):
+            self.mean = fake
+
+    A.put(jnp, lambda *args, **kwargs: 1.0)
+    """
+_SUPER_ON_A_CLASS = """
+    class A:
+        def __init__(self, fake):
+            self.mean = fake
+
+    class B(A):
+        def poison(self):
+            super().__init__(jnp, lambda *args, **kwargs: 1.0)
+
+    B.poison(B)
+    """
+
+
+def _in_setup(body: str) -> str:
+    """A Module whose setup runs `body` (indented 8)."""
+    return ('class M(nn.Module):\n    def setup(self):\n'
+            + textwrap.indent(textwrap.dedent(body), ' ' * 8))
+
+
+AUDITED = [
+    # --- match: class patterns read __match_args__ after a fakeable isinstance
+    _case('match_protocol_positional_chain', _PROTOCOL_MATCH_CHAIN,
+          'runtime_checkable'),
+    _case('match_positional_class_pattern',
+          'match x:\n    case Point(v):\n        pass', "'case Point(...)'"),
+    _case('match_class_pattern_without_arguments',
+          'match x:\n    case Point():\n        pass', 'class pattern'),
+    _case('match_keyword_class_pattern',
+          'match x:\n    case Point(modules=m):\n        pass',
+          'class pattern'),
+    _case('match_nested_class_pattern',
+          'match x:\n    case [1, {"k": Point(v)}]:\n        pass',
+          'class pattern'),
+    # --- names a class body binds become attributes (and dataclass fields) -
+    _case('struct_dataclass_field_f_globals',
+          '@flax.struct.dataclass\nclass S:\n    f_globals: int',
+          "'f_globals'"),
+    _case('module_field_system',
+          'class M(nn.Module):\n    system: int = 0', "'system'"),
+    _case('class_body_assignment_modules', 'class C:\n    modules = 1',
+          "class 'C' binds forbidden attribute 'modules'"),
+    _case('class_body_method_load',
+          'class C:\n    def load(self):\n        pass', "'load'"),
+    _case('class_body_nested_class_os',
+          'class C:\n    class os:\n        pass', "'os'"),
+    _case('class_body_import_as_sys', 'class C:\n    import numpy as sys',
+          "'sys'"),
+    _case('class_body_for_target_environ',
+          'class C:\n    for environ in range(2):\n        pass',
+          "'environ'"),
+    _case('class_body_walrus_builtins_handle',
+          'class C:\n    (bltns := 1)', "'bltns'"),
+    _case('class_body_private_protocol_flag',
+          'class P:\n    _is_protocol = True', "'_is_protocol'"),
+    _case('class_body_namedtuple_fields',
+          "class T(tuple):\n    _fields = ('f_globals',)", "'_fields'"),
+    _case('namedtuple_field_f_back',
+          'class T(typing.NamedTuple):\n    f_back: int', "'f_back'"),
+    _case('class_body_except_as_gi_frame',
+          'class C:\n    try:\n        pass\n'
+          '    except Exception as gi_frame:\n        pass', "'gi_frame'"),
+    # --- protocols and ABCs make isinstance true for foreign objects ------
+    _case('from_typing_import_protocol', 'from typing import Protocol',
+          'Protocol'),
+    _case('typing_protocol_base', 'class P(typing.Protocol):\n    pass',
+          'Protocol'),
+    _case('typing_runtime_checkable', 'P = typing.runtime_checkable(P)',
+          'runtime_checkable'),
+    _case('flax_cursor_reexports_protocol', 'P = flax.cursor.Protocol',
+          'Protocol'),
+    _case('typing_extensions_runtime', 'P = te.runtime(P)', "'runtime'"),
+    _case('abc_register_virtual_subclass',
+          'class V(typing.Hashable):\n    pass\nV.register(float)',
+          "'register'"),
+    _case('jax_array_register', 'jax.Array.register(float)', "'register'"),
+    _case('abc_module_via_flax', 'flax.core.meta.abc.ABC', "'abc'"),
+    # --- numpy.ma and other file readers ----------------------------------
+    _case('numpy_ma_mrecords_openfile',
+          "np.ma.mrecords.openfile('/etc/passwd')", "'ma'"),
+    _case('import_numpy_ma_mrecords', 'import numpy.ma.mrecords as m',
+          "'ma'"),
+    _case('from_numpy_import_ma', 'from numpy import ma', "'ma'"),
+    _case('mrecords_fromtextfile_alias', "m.fromtextfile('/tmp/x')",
+          'fromtextfile'),
+    _case('openfile_on_any_object', "m.openfile('/tmp/x')", 'openfile'),
+    _case('numpy_rec_fromfile', "np.rec.fromfile('/tmp/x', formats='u1')",
+          'fromfile'),
+    _case('numpy_lib_npyio', "np.lib.npyio.genfromtxt('/tmp/x')", "'lib'"),
+    _case('numpy_fromregex', "np.fromregex('/tmp/x', 'r', 'u1')",
+          'fromregex'),
+    # --- flax.training: files and threads ---------------------------------
+    _case('flax_training_prefetch_iterator',
+          'flax.training.prefetch_iterator.PrefetchIterator(iter([]), 2)',
+          "'training'"),
+    _case('from_flax_import_training', 'from flax import training',
+          "'training'"),
+    _case('from_flax_training_import_train_state',
+          'from flax.training import train_state', "'training'"),
+    _case('training_on_an_alias', 'f = flax\nf.training', "'training'"),
+    _case('prefetch_iterator_through_self', """
+        class A:
+            def f(self):
+                return self.training.prefetch_iterator
+        """, 'prefetch_iterator'),
+    # --- attribute stores only on a real instance's self ------------------
+    _case('self_bound_to_module', 'self = jnp\nself.mean = f', "'self'"),
+    _case('unbound_method_stores_on_module', _UNBOUND_METHOD,
+          "assignment to attribute 'mean' of self outside setup"),
+    _case('super_bound_to_a_class', _SUPER_ON_A_CLASS, "'super'"),
+    _case('rebind_self_walrus', _in_setup('(self := jnp)\nself.mean = f\n'),
+          "rebinding of 'self'"),
+    _case('rebind_self_for', _in_setup('for self in [jnp]:\n    pass\n'),
+          "rebinding of 'self'"),
+    _case('rebind_self_with',
+          _in_setup('with jax.named_scope("s") as self:\n    pass\n'),
+          "rebinding of 'self'"),
+    _case('rebind_self_except',
+          _in_setup('try:\n    pass\nexcept Exception as self:\n    pass\n'),
+          "rebinding of 'self'"),
+    _case('rebind_self_import', _in_setup('import jax.numpy as self\n'),
+          "rebinding of 'self'"),
+    _case('rebind_self_nested_parameter',
+          _in_setup('def g(self):\n    self.mean = f\ng(jnp)\n'),
+          "rebinding of 'self'"),
+    _case('rebind_self_lambda_parameter',
+          _in_setup('g = lambda self: self\n'), "rebinding of 'self'"),
+    _case('rebind_self_global', _in_setup('global self\n'),
+          "rebinding of 'self'"),
+    _case('rebind_self_nonlocal',
+          _in_setup('def g():\n    nonlocal self\n    self = jnp\n'),
+          "rebinding of 'self'"),
+    _case('rebind_self_del', _in_setup('del self\n'), "rebinding of 'self'"),
+    _case('rebind_self_match_rest',
+          _in_setup('match {}:\n    case {**self}:\n        pass\n'),
+          "rebinding of 'self'"),
+    _case('rebind_other_first_parameter',
+          'class A:\n    def setup(this):\n        this = jnp\n'
+          '        this.mean = f', "rebinding of 'this'"),
+    _case('self_as_lambda_parameter', 'g = lambda self: self.mean',
+          "'self' bound other than as the first parameter"),
+    _case('self_as_function_parameter',
+          'def g(x, self=jnp):\n    self.mean = x', "'self' bound"),
+    _case('self_as_second_method_parameter',
+          'class A:\n    def f(this, self):\n        pass', "'self' bound"),
+    _case('store_in_nested_function_of_setup',
+          _in_setup('def g(v):\n    self.mean = v\n'),
+          "assignment to attribute 'mean' of self outside setup"),
+    _case('store_in_decorated_setup', """
+        class M(nn.Module):
+            @keep
+            def setup(self):
+                self.mean = f
+        """, "assignment to attribute 'mean' of self outside setup"),
+    _case('store_in_staticmethod', """
+        class A:
+            @staticmethod
+            def __call__(self):
+                self.mean = f
+        """, 'outside setup'),
+    _case('delete_through_self_in_method', """
+        class A:
+            def f(self):
+                del self.mean
+        """, "deletion of attribute 'mean'"),
+    _case('class_body_alias_of_setup', """
+        class A:
+            def setup(self):
+                self.mean = f
+            alias = setup
+        """, "'setup' may only be defined"),
+    _case('setup_called_on_the_class', 'M.setup(jnp)', "'.setup'"),
+    _case('property_setter_stores', """
+        class A:
+            def put(self, value):
+                self.mean = value
+            p = property(None, put)
+        """, 'outside setup'),
+    _case('comprehension_target_attribute', '[0 for jnp.mean in [f]]',
+          "assignment to attribute 'mean' of something other than self"),
+]
+
+# Holes found by attacking the validator with the installed libraries.
+ATTACKS = [
+    # flax interceptors hand out unbound methods: orig_method.func(jnp)
+    _case('flax_intercept_methods', """
+        def grab(next_fun, args, kwargs, context):
+            return next_fun.func(jnp)
+        with nn.intercept_methods(grab):
+            pass
+        """, 'intercept_methods'),
+    _case('interceptor_orig_method', 'context.orig_method.func(jnp)',
+          'orig_method'),
+    # format strings that reach str.format without the .format rule
+    _case('debug_print_fmt_keyword',
+          "jax.debug.print(fmt='{x.dtype}', x=x)", 'fmt='),
+    _case('debug_print_double_star', 'jax.debug.print(**kwargs)', "'.print'"),
+    _case('debug_log_runtime_template', 'jax.debug.log(template, x=x)',
+          "'.debug.log'"),
+    _case('debug_module_alias', 'd = jax.debug\nd.log(t)', "'.debug'"),
+    _case('chex_custom_message_format_vars',
+          "chex.assert_shape(x, (2,), custom_message='{0.real}', "
+          'custom_message_format_vars=(x,))', 'custom_message_format_vars'),
+    _case('chex_assert_double_star', 'chex.assert_shape(x, (2,), **kw)',
+          "'.assert_shape'"),
+    _case('chex_assert_alias', 'check = chex.assert_shape', 'assert_shape'),
+    _case('chex_assert_partial', 'functools.partial(chex.assert_rank, x)',
+          'assert_rank'),
+    _case('from_chex_import_assert', 'from chex import assert_shape as a',
+          'assert_shape'),
+    # process-wide registries and configuration shared with the evaluator
+    _case('pytree_register_float',
+          'jax.tree_util.register_pytree_node(float, f, g)',
+          'register_pytree_node'),
+    _case('pytree_register_with_keys',
+          'jax.tree_util.register_pytree_with_keys(float, f, g)',
+          'register_pytree_with_keys'),
+    _case('pytree_register_static', 'jax.tree_util.register_static(float)',
+          'register_static'),
+    _case('pytree_default_registry',
+          'jax.tree_util.default_registry.register_node(float, f, g)',
+          'default_registry'),
+    _case('struct_dataclass_on_a_library_class',
+          'flax.struct.dataclass(optax.EmptyState)', "'.dataclass'"),
+    _case('chex_dataclass_partial',
+          'functools.partial(chex.dataclass, frozen=True)', "'.dataclass'"),
+    _case('from_flax_struct_import_dataclass',
+          'from flax.struct import dataclass', "'dataclass'"),
+    _case('total_ordering_on_a_library_class',
+          'functools.total_ordering(nn.Dense)', "'.total_ordering'"),
+    _case('pytree_class_decorator_as_call',
+          'jax.tree_util.register_pytree_node_class(nn.Dense)',
+          'register_pytree_node_class'),
+    _case('chex_register_dataclass_type',
+          'chex.register_dataclass_type_with_jax_tree_util(C)',
+          'register_dataclass_type_with_jax_tree_util'),
+    _case('jax_config_state_set_global', 'jax.debug_nans.set_global(True)',
+          'set_global'),
+    _case('jax_config_state_swap_local',
+          'jax.numpy_rank_promotion.swap_local("raise")', 'swap_local'),
+    _case('primitive_bind_rule', 'jax.lax.argmax_p.def_bind_with_trace(f)',
+          'def_bind_with_trace'),
+    _case('primitive_abstract_eval',
+          'jax.lax.add_p.def_effectful_abstract_eval(f)',
+          'def_effectful_abstract_eval'),
+    _case('jax_extend_via_flax', 'flax.core.tracers.jex_core.Primitive("p")',
+          'jex_core'),
+    _case('numpy_core_typedict',
+          'np.matrixlib.defmatrix.N.multiarray.set_typeDict({})',
+          'multiarray'),
+    _case('pytreedef_from_proto', 'PyTreeDef.deserialize_using_proto(r, b)',
+          'deserialize_using_proto'),
+    # threads, patches and files behind chex, jraph, numpy and flax
+    _case('chex_chexify_thread_pool', 'chex.chexify(f)(x)', 'chexify'),
+    _case('chex_with_jittable_assertions', 'chex.with_jittable_assertions(f)',
+          'with_jittable_assertions'),
+    _case('chex_fake_jit_patches_jax', 'chex.fake_jit().start()', 'fake_jit'),
+    _case('chex_restrict_backends', "chex.restrict_backends(allowed=['cpu'])",
+          'restrict_backends'),
+    _case('chex_set_n_cpu_devices', 'chex.set_n_cpu_devices(8)',
+          'set_n_cpu_devices'),
+    _case('chex_disable_asserts', 'chex.disable_asserts()', 'disable_asserts'),
+    _case('jraph_examples_absl_app', 'import jraph.examples.basic',
+          "'examples'"),
+    _case('jraph_ogb_examples_reads_files',
+          'from jraph.ogb_examples import data_utils', "'ogb_examples'"),
+    _case('numpy_ast_main_reads_stdin', 'np.matrixlib.defmatrix.ast.main()',
+          "'ast'"),
+    _case('contextlib_chdir_via_flax', "flax.core.lift.contextlib.chdir('/')",
+          "'contextlib'"),
+    # instance methods reached without an instance
+    _case('decorated_dunder_calls_super', """
+        class B(A):
+            @keep
+            def __call__(self, x):
+                return super().__call__(jnp)
+        """, "'super'"),
+    _case('super_in_lambda_of_init', """
+        class B(A):
+            def __init__(self):
+                self.f = lambda s: super().__init__(jnp)
+        """, "'super'"),
+    _case('super_alias', """
+        class B(A):
+            def __init__(self):
+                s = super
+        """, "'super'"),
+    # builtins and operator through numpy and pytree key paths
+    _case('numpy_frompyfunc_getattr', 'np.frompyfunc(getattr, 2, 1)',
+          "'getattr'"),
+    _case('numpy_vectorize_setattr', 'np.vectorize(setattr)(a, b, c)',
+          "'setattr'"),
+    _case('operator_via_numpy_core',
+          "np.matrixlib.defmatrix.N.operator.attrgetter('f_globals')",
+          "'operator'"),
+    _case('builtins_via_numpy_core', 'np.matrixlib.defmatrix.N.builtins',
+          "'builtins'"),
+    _case('tree_key_path_of_forbidden_field', """
+        @flax.struct.dataclass
+        class S:
+            modules: dict
+
+        jax.tree_util.tree_map_with_path(lambda p, v: p, S(modules={}))
+        """, "'modules'"),
+    _case('except_star_binds_self',
+          _in_setup('try:\n    pass\nexcept* Exception as self:\n    pass\n'),
+          "rebinding of 'self'"),
+]
+
+
+@pytest.mark.parametrize('source,status,cause', HOSTILE + AUDITED + ATTACKS)
 def test_hostile_program_is_refused(source, status, cause):
     violation = validator.validate(source)
     assert violation is not None, 'hostile program accepted'
@@ -556,7 +899,112 @@ def widths(n: int) -> typing.List[int]:
     return out + [total, len(text)]
 '''
 
+STATE_AND_SETUP = '''
+import functools
+import math
+
+import chex
+import flax
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+
+@flax.struct.dataclass
+class Carry:
+    hidden: jnp.ndarray
+    step: int = 0
+    names: tuple = flax.struct.field(pytree_node=False, default=())
+
+
+@chex.dataclass(frozen=True)
+class Stats:
+    mean: float
+    count: int
+
+
+@functools.total_ordering
+@jax.tree_util.register_pytree_node_class
+class Pair:
+    SIZES = [2 ** i for i in range(3)]
+    ZEROS = [0 for _ in range(3)]
+
+    def __init__(self, a, b):
+        self.a = a
+        self.b = b
+        self.scratch = None
+        del self.scratch
+
+    def __lt__(self, other):
+        return self.a < other.a
+
+    def __eq__(self, other):
+        return self.a == other.a
+
+    def total(self):
+        return self.a + self.b
+
+    def tree_flatten(self):
+        return (self.a, self.b), None
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls(*children)
+
+
+class Block(nn.Module):
+    features: int
+    training: bool = False
+    mode: str = 'relu'
+
+    def setup(self):
+        super().setup()
+        self.dense = nn.Dense(self.features)
+        self.norm = nn.LayerNorm()
+        self.rate = 0.1 if self.training else 0.0
+        self.count = 0
+        self.count += 1
+
+    def __call__(self, x):
+        def act(v):
+            return activation(self.mode)(v)
+        return act(self.norm(self.dense(x)))
+
+
+def activation(name):
+    match name:
+        case 'relu' | 'gelu':
+            return nn.relu if name == 'relu' else nn.gelu
+        case ('leaky', slope):
+            return functools.partial(nn.leaky_relu, negative_slope=slope)
+        case {'kind': 'elu', **rest} if not rest:
+            return nn.elu
+        case math.pi:
+            return nn.tanh
+        case [first, *others]:
+            return activation(first)
+        case _:
+            return nn.relu
+
+
+class Model(nn.Module):
+    widths: tuple = (16, 16)
+    training: bool = False
+
+    @nn.compact
+    def __call__(self, x):
+        carry = Carry(hidden=x).replace(step=1)
+        stats = Stats(mean=0.0, count=0)
+        for width in self.widths:
+            x = Block(width, training=self.training)(x)
+        chex.assert_rank(x, 2)
+        jax.debug.print('step {s}', s=carry.step)
+        jax.debug.callback(lambda v: None, x)
+        return nn.Dense(10)(x) + stats.mean + Pair(1, 2).total()
+'''
+
 BENIGN = [
+    pytest.param(STATE_AND_SETUP, id='struct_fields_setup_stores_match'),
     pytest.param(RESIDUAL_CNN, id='residual_cnn'),
     pytest.param(BIDIRECTIONAL_GRU, id='bidirectional_gru'),
     pytest.param(MLP, id='mlp_with_typing'),
@@ -594,11 +1042,14 @@ def test_every_seed_program_is_accepted(path):
     'self.features', 'jnp.expand_dims(x, 0)', 'jnp.maximum(x, 0)',
     'jnp.tanh(x)', 'jax.random.normal(k, (2,))', 'jnp.select([x > 0], [x])',
     'x.at[0].set(1)', 'jax.jit(f).lower(x).compile()', 'nn.remat(nn.Dense)',
-    'jax.checkpoint(f)', 'flax.training.train_state',
+    'jax.checkpoint(f)', 'self.training', 'Block(4, training=True)',
     "'{} {:>4}'.format(a, b)", "jax.debug.print('{}', x)", 'xs.extend([1])',
     'self.make_rng("dropout")', "self.param('w', nn.initializers.zeros, (3,))",
     'flax.core.freeze(p)', 'optax.adam(1e-3)', 'chex.assert_shape(x, (2,))',
     'jax.tree_util.tree_map(f, t)', 'nn.initializers.lecun_normal()',
+    'jax.debug.callback(f, x)', 'chex.assert_rank(x, 2)',
+    "chex.assert_shape(x, (2,), custom_message='bad shape')",
+    'jax.scipy.linalg.lu(a)',
 ])
 def test_common_model_expression_is_accepted(expression):
     assert validator.validate(expression) is None

@@ -10,13 +10,17 @@ iteratively, so deeply nested input cannot overflow our stack.
 
 Threat model: the source is written by a language model that may have learnt,
 or been prompted into, sandbox escapes. It must not reach the file system, the
-network, other processes, the interpreter's internals or the parent's state.
-This check is the first of several layers (the worker also restricts builtins
-and imports, installs an audit hook and runs under resource limits); it is a
-static allow-list for imports and deny-lists for everything else:
+network, other processes, the interpreter's internals or the parent's state,
+and it must not tamper with the evaluator that scores it in the same worker
+process (monkeypatching `jnp.mean`, registering `float` as a pytree node or
+reading the held-out data would fake a score). This check is the first of
+several layers (the worker also restricts builtins and imports, installs an
+audit hook, runs under resource limits and runs one program per process); it
+is a static allow-list for imports and deny-lists for everything else:
 
   * imports only from `policy.allowed_modules` (and their submodules), never
-    relative, never `*`, never through a private or denied path component;
+    relative, never `*`, never through a private or denied path component
+    (tests, examples, `numpy.ma`, `flax.training`, `jax.debug` ...);
   * no dunder identifiers, attributes or string constants (the currency of
     every reflection escape: `__class__`, `__globals__`, `__builtins__` ...),
     except defining and `super()`-calling a few ordinary dunder methods such as
@@ -27,25 +31,58 @@ static allow-list for imports and deny-lists for everything else:
   * no builtins that run code, reflect on namespaces, reach files or the
     terminal, or build classes from a namespace (`type`);
   * no metaclasses: class statements without `metaclass=` or `**kwargs`;
+  * every name a class body binds (field annotations, assignments, `def`,
+    `class`, imports, loop and `except` targets ...) is an attribute of the
+    class and its instances, a dataclass field and a `__match_args__` entry,
+    so it obeys the attribute rules, and private ones are refused too;
+  * no class patterns in `match` (`case C(...)`): positional sub-patterns
+    read the attributes `C.__match_args__` names (a dataclass field called
+    `modules` or `f_globals` sets it), and the `isinstance` check before
+    them can be made true for foreign objects (runtime-checkable protocols,
+    ABC virtual subclasses). Refusing the whole construct is simpler than
+    vetting `C`, and model code needs only literal, sequence, mapping and
+    value patterns, which stay allowed;
   * no attribute, on any object, whose name is a frame/code internal, a module
-    handle, or a file/process/FFI/config entry point of the allowed libraries.
-    Names are denied wherever they appear, because static code cannot know
-    what an alias (`m = np; m.save`) refers to;
-  * `str.format` (and `jax.debug.print`) only with a literal template whose
-    fields do no attribute or index lookups;
-  * attributes are assigned or deleted only on `self` (no monkeypatching of
-    the libraries a reused worker shares between programs; a guard against
-    accidents, since `self` can be bound to anything);
+    handle, a file/process/thread/FFI entry point of the allowed libraries,
+    process-wide state (jax config flags, the pytree registry, primitive
+    rules, chex patches), a way to fake `isinstance` (`Protocol`,
+    `runtime_checkable`, `register`) or to get a module's unbound methods
+    (flax's `intercept_methods`). Names are denied wherever they appear,
+    because static code cannot know what an alias (`m = np; m.save`) refers
+    to. Names that are also harmless in model code are restricted instead:
+    `.extend` may only be called, `.training` used only on `self` (it is
+    also `flax.training`), and class decorators that edit the class they are
+    given (`flax.struct.dataclass`, `register_pytree_node_class` ...) may only
+    decorate a class statement;
+  * format templates: `str.format` and `jax.debug.print` only with a literal
+    template (positional, not `fmt=`) whose fields do no attribute or index
+    lookups; of `jax.debug` only `print`, `callback` and the sharding
+    viewers (`debug.log` formats a template made at run time); chex
+    `assert_*` only called, without `custom_message_format_vars` or `**`;
+  * attributes are assigned or deleted only on the first parameter of the
+    method the statement is directly in, and only if that method is
+    `setup` or an allowed dunder method without decorators: those are only
+    ever called on a real instance (by Python, by flax, or through
+    `super()`), whereas any object can be passed as `self` to
+    `Cls.method(jnp)`. For the same reason `setup` is never referenced
+    except as `super().setup()`, `super` only appears as a zero-argument
+    `super()` directly in such a method, a method's first parameter is
+    never rebound inside it (assignment, walrus, loop, `with`, `except`,
+    import, nested parameter, `global`/`nonlocal`, `del`, match capture),
+    and the name `self` is bound only as a method's first parameter;
   * no `async` constructs (useless in model code; coroutines carry frames);
-  * `global` and `nonlocal` are allowed: they only reach this program's names.
+  * `global` and `nonlocal` are otherwise allowed: they only reach this
+    program's names.
 
-Static checks of Python cannot be complete (a string can be built at run time).
-The deny-lists therefore aim at every *way of turning* a string or an object
-into one of the dangerous things above; they were checked by walking the
-attribute chains the rules admit from the allowed modules and from the runtime
-objects a model meets (jax 0.10, flax 0.12, optax 0.2, numpy 2.4, chex 0.1,
-jraph 0.0.6). The worker's run-time guards remain necessary, and a reused
-worker must not trust state that a previous program left behind.
+Static checks of Python cannot be complete (a string can be built at run time,
+and library containers can be mutated through their methods). The deny-lists
+therefore aim at every *way of turning* a string or an object into one of the
+dangerous things above; they were checked by walking the attribute chains the
+rules admit from the allowed modules (namespace subpackages included) and from
+the runtime objects a model meets (jax 0.10, flax 0.12, optax 0.2, numpy 2.4,
+chex 0.1, jraph 0.0.6), flagging module handles, builtins, protocol classes
+and functions that open files, start threads or processes, import, or run
+code within three calls. The worker's run-time guards remain necessary.
 """
 
 from __future__ import annotations
@@ -150,14 +187,17 @@ _MODULE_HANDLES = {
     'absl', 'etils', 'fsspec', 'tensorstore', 'orbax', 'orbax_utils',
     'msgpack', 'jaxlib', 'xla_client', 'xla_extension', 'tensorboard',
     'tensorboardX', 'tensorflow', 'tf', 'torch', 'rich', 'gfile', 'yaml',
-    'enum', 'bltns', 'typing_extensions', 'tpe', 'opt_einsum',
+    'enum', 'bltns', 'typing_extensions', 'tpe', 'opt_einsum', 'abc',
+    'contextlib',
+    # ast.main() reads the worker's stdin (numpy.matrixlib.defmatrix.ast)
+    'ast',
     # public aliases of jax internals (jax._src.core, pxla, xla_bridge ...)
     'fp8_ops', 'traceback_util', 'jax_traceback_util',
     # flax.nnx: Pytree subclasses evaluate annotation strings
     'nnx',
 }
 # Entry points of the allowed libraries that read or write files, load
-# native code, change process-wide configuration (a worker is reused), start
+# native code, change process-wide state (the evaluator shares it), start
 # a debugger or profiler server, or turn a string into code or an attribute
 # lookup: get_type_hints and singledispatch evaluate annotation strings;
 # register_dataclass, update_wrapper and attrgetter look attributes up by name;
@@ -169,7 +209,10 @@ _LIBRARY_ENTRY_POINTS = {
     'DataSource', 'ctypeslib', 'f2py', 'distutils', 'testing', 'lib', 'dump',
     'dumps', 'recfromcsv', 'recfromtxt', 'as_strided', 'stride_tricks',
     'info', 'add_newdoc', 'add_docstring',  # these import modules by name
-    # jax (jax.debug stays: print/callback only run this program's own code)
+    # numpy.ma.mrecords.openfile/fromtextfile read files; numpy.rec.fromfile
+    # is denied above as 'fromfile'
+    'ma', 'mrecords', 'openfile', 'fromtextfile',
+    # jax (jax.debug is limited to _DEBUG_MEMBERS below)
     'profiler', 'ffi', 'dlpack', 'experimental', 'config', 'distributed',
     'cloud_tpu_init', 'monitoring', 'export', 'serialization', 'interpreters',
     'tools', 'collect_profile', 'print_environment_info', 'breakpoint',
@@ -181,8 +224,30 @@ _LIBRARY_ENTRY_POINTS = {
     'runtime_executable', 'deserialize_executable', 'serialize_executable',
     'compiler_ir', 'unsafe_buffer_pointer', 'unsafe_client_pointer',
     'poison_execution', 'def_impl', 'def_abstract_eval',
-    # flax (flax.training itself holds harmless train_state & co.)
+    'def_bind_with_trace', 'def_effectful_abstract_eval',
+    'def_effectful_abstract_eval2', 'deserialize_using_proto',
+    # process-wide jax state: config flags (jax.debug_nans.set_global), the
+    # pytree registry (register_pytree_node(float, ...) rewrites every float
+    # the evaluator maps over), jax.extend under flax's alias
+    'set_global', 'set_local', 'swap_local', 'default_registry',
+    'register_node', 'register_dataclass_node', 'register_pytree_node',
+    'register_pytree_with_keys', 'register_static', 'jex_core',
+    # numpy internals behind numpy.matrixlib.defmatrix.N (numpy._core)
+    'multiarray', 'set_typeDict', 'set_datetimeparse_function',
+    # flax: files, threads (flax.training, see _SELF_ONLY_ATTRIBUTES), and
+    # interceptors, whose context hands out a module's unbound methods
+    # (`context.orig_method.func(jnp)` runs `setup` on jnp)
     'checkpoints', 'checkpoint_manager', 'configurations', 'summary_writer',
+    'prefetch_iterator', 'PrefetchIterator', 'intercept_methods',
+    'orig_method',
+    # chex: chexify runs checks on a thread pool that outlives the call;
+    # set_n_cpu_devices edits XLA_FLAGS in os.environ
+    'chexify', 'with_jittable_assertions', 'set_n_cpu_devices',
+    # chex: patch jax process-wide while entered; global assertion switches;
+    # test variants; registry
+    'fake_jit', 'fake_pmap', 'fake_pmap_and_jit', 'restrict_backends',
+    'disable_asserts', 'enable_asserts', 'variants', 'all_variants',
+    'register_dataclass_type_with_jax_tree_util',
     # yaml (behind flax.linen.summary) constructs arbitrary objects
     'unsafe_load', 'full_load', 'load_all', 'unsafe_load_all',
     # string -> code, attribute lookup or class
@@ -192,6 +257,11 @@ _LIBRARY_ENTRY_POINTS = {
     'update_wrapper', 'wraps', 'Formatter', 'get_field', 'vformat',
     'get_func',  # opt_einsum: getattr(import_module(backend), name)
     'CodeType', 'FunctionType', 'make_dataclass', 'TypedDict', 'EnumType',
+    # isinstance made true for foreign objects: structural protocols
+    # (typing, typing_extensions, and their re-exports such as
+    # flax.cursor.Protocol) and ABC virtual subclasses (also a process-wide
+    # change: jax.Array.register(int))
+    'Protocol', 'runtime_checkable', 'runtime', 'register',
     # operating system, through any handle (`remove`, `replace`, `read`,
     # `write` stay: harmless on lists, strings and dataclasses, and a file
     # object cannot be obtained)
@@ -212,13 +282,41 @@ FORBIDDEN_ATTRIBUTES = frozenset(_INTERNALS | _MODULE_HANDLES
 # Names that are both a harmless method and a dangerous module (list.extend
 # vs jax.extend): allowed only as the callee of a call, which a module is not.
 _CALL_ONLY_ATTRIBUTES = frozenset({'extend'})
+# Names that are both a common field and a dangerous package (flax.training:
+# checkpoints write files, prefetch_iterator starts threads): allowed as
+# `self.training` and as class-body names, refused on anything else and in
+# imports. The dangerous modules' own names are denied as well, since `self`
+# can be bound to `flax` by calling `Cls.method(flax)`.
+_SELF_ONLY_ATTRIBUTES = frozenset({'training'})
+# Methods whose first parameter is always an instance of their class (see
+# `_Context.is_instance_method`): only they may assign attributes to it.
+_INSTANCE_METHODS = ALLOWED_DUNDER_METHODS | {'setup'}
+# Class decorators that edit the class they are given in place: allowed only
+# in a class statement's decorator list, where that class is the program's
+# own (`flax.struct.dataclass(optax.EmptyState)` would rewrite a library
+# class the evaluator uses).
+_DECORATOR_ONLY_ATTRIBUTES = frozenset({
+    'dataclass', 'mappable_dataclass', 'register_pytree_node_class',
+    'register_pytree_with_keys_class', 'total_ordering'})
+# `jax.debug` holds format-string sinks (debug.log formats a template made
+# at run time); only these members may follow it.
+_DEBUG_MEMBERS = frozenset({'print', 'callback', 'inspect_array_sharding',
+                            'visualize_array_sharding'})
+# chex assertions format `custom_message` with `custom_message_format_vars`
+# ('{0.__init__.__globals__}' made at run time reads anything): `assert_*`
+# may only be called, with neither that keyword nor `**`.
+_ASSERTION_PREFIX = 'assert_'
+_FORBIDDEN_KEYWORDS = frozenset({'custom_message_format_vars'})
 
 # Patterns of forbidden attribute names. Test modules and test cases of the
 # allowed packages (numpy.tests, jax.test_util, chex.TestCase ...) import
-# pytest and subprocess, write temp files and run commands. Metaclasses
-# (ABCMeta, GenericMeta = type ...) build classes from a made-up namespace.
+# pytest and subprocess, write temp files and run commands; example scripts
+# (jraph.examples.basic, jraph.ogb_examples.data_utils) run absl apps and
+# read data files. Metaclasses (ABCMeta, GenericMeta = type ...) build
+# classes from a made-up namespace.
 _FORBIDDEN_PATTERN = re.compile(
-    r'(?i:(^|_)tests?($|_)|testcase|testutil|testing|conftest|absltest)'
+    r'(?i:(^|_)tests?($|_)|testcase|testutil|testing|conftest|absltest'
+    r'|(^|_)examples($|_))'
     r'|Meta(class)?$')
 
 # Private names that are public API: namedtuples (jraph.GraphsTuple._replace).
@@ -263,9 +361,22 @@ def _attribute_problem(attr: str) -> str | None:
     return None
 
 
+def _class_attribute_problem(name: str) -> str | None:
+    """Why a class body may not bind `name`, or None. Dunder names are
+    `_name_problem`'s; the namedtuple API is not redefined by a program."""
+    if name.startswith('_'):
+        return f"binds private attribute '{name}'"
+    if name in FORBIDDEN_ATTRIBUTES or _FORBIDDEN_PATTERN.search(name):
+        return f"binds forbidden attribute '{name}'"
+    return None
+
+
 def _imported_name_problem(name: str) -> str | None:
     """Like `_attribute_problem` for `import a.name` / `from a import name`."""
-    if name in _CALL_ONLY_ATTRIBUTES or name in _FORMATTING_NAMES:
+    if (name in _CALL_ONLY_ATTRIBUTES or name in _FORMATTING_NAMES
+            or name in _SELF_ONLY_ATTRIBUTES or name == 'debug'
+            or name in _DECORATOR_ONLY_ATTRIBUTES
+            or name.startswith(_ASSERTION_PREFIX)):
         return f"'{name}' may not be imported by name"
     return _attribute_problem(name)
 
@@ -298,17 +409,97 @@ def _safe_format_template(template: str, depth: int = 0) -> bool:
     return True
 
 
-# --- Per-node checks ---------------------------------------------------------
-# Each takes a node and the walk's context and yields what is wrong with it.
+# --- Scopes ------------------------------------------------------------------
+
+_COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
 
 
 @dataclasses.dataclass(frozen=True)
 class _Context:
     policy: Policy
     parents: dict[int, ast.AST]  # id(child) -> parent
+    fields: dict[int, str]  # id(child) -> the parent's field holding it
 
     def parent(self, node: ast.AST) -> ast.AST | None:
         return self.parents.get(id(node))
+
+    def ancestors(self, node: ast.AST) -> Iterator[ast.AST]:
+        while (node := self.parent(node)) is not None:
+            yield node
+
+    def scope(self, node: ast.AST) -> ast.AST:
+        """The module, class, function or comprehension whose namespace
+        `node` is evaluated in. Decorators, defaults, annotations and bases
+        belong to the scope around a definition, as does the first iterable
+        of a comprehension."""
+        child, grandchild = node, None
+        for parent in self.ancestors(node):
+            field = self.fields[id(child)]
+            if isinstance(parent, (ast.Module, ast.ClassDef, ast.FunctionDef,
+                                   ast.AsyncFunctionDef, ast.Lambda)):
+                if field == 'body':
+                    return parent
+            elif isinstance(parent, _COMPREHENSIONS):
+                if not (child is parent.generators[0] and grandchild
+                        is not None and self.fields[id(grandchild)] == 'iter'):
+                    return parent
+            child, grandchild = parent, child
+        return child
+
+    def binding_scope(self, node: ast.AST) -> ast.AST:
+        """The scope in which `node` binds its names (see `_bound_names`)."""
+        if isinstance(node, ast.arg):
+            return self.parent(self.parent(node))  # arg <- arguments <- def
+        scope = self.scope(node)
+        if isinstance(self.parent(node), ast.NamedExpr):  # PEP 572
+            while isinstance(scope, _COMPREHENSIONS):
+                scope = self.scope(scope)
+        return scope
+
+    def is_method(self, node: ast.AST) -> bool:
+        """A function defined directly in a class body."""
+        return (isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                and isinstance(self.scope(node), ast.ClassDef))
+
+    def is_instance_method(self, node: ast.AST) -> bool:
+        """A method whose first parameter is always a real instance of its
+        class: `setup` or an allowed dunder method, undecorated (a decorator
+        could keep the function), so reachable only through an instance
+        (`a(x)`, `a + b`, flax calling `setup`) or `super()` in another such
+        method; `A.setup` and `A.__init__` are refused attributes."""
+        return (self.is_method(node) and not node.decorator_list
+                and node.name in _INSTANCE_METHODS
+                and _first_parameter(node) is not None)
+
+
+def _first_parameter(function: ast.AST) -> ast.arg | None:
+    positional = function.args.posonlyargs + function.args.args
+    return positional[0] if positional else None
+
+
+def _bound_names(node: ast.AST) -> list[str]:
+    """The names a node binds (or declares global/nonlocal) in its scope."""
+    if isinstance(node, ast.Name):
+        return [] if isinstance(node.ctx, ast.Load) else [node.id]
+    if isinstance(node, ast.arg):
+        return [node.arg]
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return [node.name]
+    if isinstance(node, ast.alias):
+        if node.asname:
+            return [node.asname]
+        return [] if node.name == '*' else [node.name.split('.')[0]]
+    if isinstance(node, (ast.ExceptHandler, ast.MatchAs, ast.MatchStar)):
+        return [node.name] if node.name else []
+    if isinstance(node, ast.MatchMapping):
+        return [node.rest] if node.rest else []
+    if isinstance(node, (ast.Global, ast.Nonlocal)):
+        return list(node.names)
+    return []
+
+
+# --- Per-node checks ---------------------------------------------------------
+# Each takes a node and the walk's context and yields what is wrong with it.
 
 
 def _is_callee(node: ast.AST, ctx: _Context) -> bool:
@@ -326,13 +517,79 @@ def _is_super_call(node: ast.AST) -> bool:
             and node.func.id == 'super' and not node.args and not node.keywords)
 
 
+def _is_class_decorator(node: ast.AST, ctx: _Context) -> bool:
+    """`@node` or `@node(...)` on a class statement."""
+    if _is_callee(node, ctx):
+        node = ctx.parent(node)
+    owner = ctx.parent(node)
+    return (isinstance(owner, ast.ClassDef)
+            and any(node is d for d in owner.decorator_list))
+
+
 def _is_self(node: ast.AST) -> bool:
+    # Only a method's first parameter may be named `self` (`_check_bindings`).
     return isinstance(node, ast.Name) and node.id == 'self'
 
 
+def _is_instance_self(node: ast.AST, ctx: _Context) -> bool:
+    """`node` is the first parameter of the instance method it is used in."""
+    if not isinstance(node, ast.Name):
+        return False
+    method = ctx.scope(node)
+    return (ctx.is_instance_method(method)
+            and _first_parameter(method).arg == node.id)
+
+
+def _check_bindings(node: ast.AST, ctx: _Context) -> Iterator[str]:
+    """Rules on every name a node binds, whatever the construct."""
+    names = _bound_names(node)
+    if not names:
+        return
+    scope = ctx.binding_scope(node)
+    allowed_dunder = (ctx.is_method(node)
+                      and node.name in ALLOWED_DUNDER_METHODS)
+    for name in names:
+        if not allowed_dunder and (problem := _name_problem(name, True)):
+            yield problem
+        # A class-body name is an attribute of the class and its instances,
+        # a dataclass field, a `__match_args__` entry, a protocol member.
+        if (isinstance(scope, ast.ClassDef) and not allowed_dunder
+                and not _is_dunder(name)
+                and (problem := _class_attribute_problem(name))):
+            yield f"class '{scope.name}' {problem}"
+        # A method's first parameter is never rebound inside the method:
+        # attributes are stored on it (`self = jnp; self.mean = f`).
+        rebound = [method.name for method in ctx.ancestors(node)
+                   if ctx.is_method(method)
+                   and (first := _first_parameter(method)) is not None
+                   and first.arg == name and first is not node]
+        if rebound:
+            yield (f"rebinding of '{name}', the first parameter of method "
+                   f"'{rebound[0]}'")
+        elif name == 'self' and not (
+                isinstance(node, ast.arg) and ctx.is_method(scope)
+                and _first_parameter(scope) is node):
+            yield ("'self' bound other than as the first parameter of a "
+                   'method')
+
+
 def _check_name(node: ast.Name, ctx: _Context) -> Iterator[str]:
-    if problem := _name_problem(node.id, not isinstance(node.ctx, ast.Load)):
+    if not isinstance(node.ctx, ast.Load):
+        return  # `_check_bindings`
+    if problem := _name_problem(node.id):
         yield problem
+    elif node.id == 'super':
+        # super() passes the method's first parameter on (`super(B, B)` if a
+        # method is called as `B.f(B)`, and `super().__init__(jnp)` then
+        # runs `__init__` on jnp); only instance methods have real instances.
+        call = ctx.parent(node)
+        if not (_is_super_call(call) and call.func is node
+                and ctx.is_instance_method(ctx.scope(node))):
+            yield ("'super' is only allowed as 'super()', without arguments, "
+                   'directly in setup or an undecorated dunder method')
+    elif node.id == 'setup':
+        yield ("'setup' may only be defined as a method and called as "
+               "'super().setup()'")
 
 
 def _check_attribute(node: ast.Attribute, ctx: _Context) -> Iterator[str]:
@@ -343,26 +600,58 @@ def _check_attribute(node: ast.Attribute, ctx: _Context) -> Iterator[str]:
                    'attribute or index lookups in its fields')
     elif attr == 'print':  # jax.debug.print(template, ...) formats too
         call = ctx.parent(node)
-        if not (_is_callee(node, ctx)
-                and (not call.args or _is_safe_literal(call.args[0]))):
+        if not (_is_callee(node, ctx) and call.args
+                and _is_safe_literal(call.args[0])
+                and all(k.arg not in (None, 'fmt') for k in call.keywords)):
             yield ("'.print' must be called with a string literal template "
-                   'without attribute or index lookups')
+                   '(first, not fmt=) without attribute or index lookups')
     elif attr in _CALL_ONLY_ATTRIBUTES:
         if not _is_callee(node, ctx):
             yield f"'.{attr}' may only be called (list.{attr}(...))"
-    elif attr in ALLOWED_DUNDER_METHODS and _is_super_call(node.value):
-        pass  # super().__init__(...), super().__post_init__() ...
+    elif attr in _INSTANCE_METHODS and _is_super_call(node.value):
+        pass  # super().__init__(...), super().setup() ...
+    elif attr == 'setup':  # Model.setup(jnp) would store on jnp
+        yield "'.setup' may only be called as 'super().setup()'"
+    elif attr in _SELF_ONLY_ATTRIBUTES:
+        if not _is_self(node.value):
+            yield (f"access to attribute '{attr}' other than 'self.{attr}' "
+                   f"(it is also a module: flax.{attr})")
+    elif attr in _DECORATOR_ONLY_ATTRIBUTES:
+        if not _is_class_decorator(node, ctx):
+            yield (f"'.{attr}' may only decorate a class statement (it edits "
+                   'the class it is given)')
+    elif attr == 'debug':
+        member = ctx.parent(node)
+        if not (isinstance(member, ast.Attribute)
+                and member.attr in _DEBUG_MEMBERS):
+            used = (f"'.debug.{member.attr}'" if isinstance(
+                member, ast.Attribute) else "'.debug' on its own")
+            yield (f"{used}: only .debug."
+                   f"{', .debug.'.join(sorted(_DEBUG_MEMBERS))} are allowed")
+    elif attr.startswith(_ASSERTION_PREFIX):
+        call = ctx.parent(node)
+        if not (_is_callee(node, ctx)
+                and all(k.arg is not None for k in call.keywords)):
+            yield (f"'.{attr}' may only be called, without ** arguments "
+                   '(chex formats custom messages)')
     elif problem := _attribute_problem(attr):
         yield problem
-    if not isinstance(node.ctx, ast.Load) and not _is_self(node.value):
-        yield f"assignment to attribute '{attr}' of something other than self"
+    if not isinstance(node.ctx, ast.Load) and not _is_instance_self(
+            node.value, ctx):
+        verb = 'assignment to' if isinstance(node.ctx, ast.Store) else (
+            'deletion of')
+        if _is_self(node.value):
+            yield (f"{verb} attribute '{attr}' of self outside setup and the "
+                   'undecorated dunder methods (any object can be passed as '
+                   'self to Class.method)')
+        else:
+            yield f"{verb} attribute '{attr}' of something other than self"
 
 
 def _check_import(node: ast.Import, ctx: _Context) -> Iterator[str]:
     for alias in node.names:
         if problem := _module_problem(alias.name, ctx.policy):
             yield problem
-        yield from _check_bound_name(alias.asname)
 
 
 def _check_import_from(node: ast.ImportFrom, ctx: _Context) -> Iterator[str]:
@@ -378,60 +667,26 @@ def _check_import_from(node: ast.ImportFrom, ctx: _Context) -> Iterator[str]:
             yield f"star import 'from {module} import *'"
         elif problem := _imported_name_problem(alias.name):
             yield f"import of '{module}.{alias.name}' is not allowed: {problem}"
-        yield from _check_bound_name(alias.asname)
-
-
-def _check_bound_name(name: str | None) -> Iterator[str]:
-    if name and (problem := _name_problem(name, binding=True)):
-        yield problem
-
-
-def _check_function(node: ast.FunctionDef, ctx: _Context) -> Iterator[str]:
-    is_method = isinstance(ctx.parent(node), ast.ClassDef)
-    if not (is_method and node.name in ALLOWED_DUNDER_METHODS):
-        yield from _check_bound_name(node.name)
 
 
 def _check_class(node: ast.ClassDef, ctx: _Context) -> Iterator[str]:
-    yield from _check_bound_name(node.name)
     for keyword in node.keywords:  # a metaclass sees and edits the namespace
         if keyword.arg in (None, 'metaclass'):
             yield f"class '{node.name}' with a metaclass or ** keywords"
 
 
-def _check_arg(node: ast.arg, ctx: _Context) -> Iterator[str]:
-    yield from _check_bound_name(node.arg)
-
-
-def _check_except(node: ast.ExceptHandler, ctx: _Context) -> Iterator[str]:
-    yield from _check_bound_name(node.name)
-
-
-def _check_scope(node: ast.Global | ast.Nonlocal, ctx: _Context
-                 ) -> Iterator[str]:
-    for name in node.names:
-        yield from _check_bound_name(name)
-
-
 def _check_keyword(node: ast.keyword, ctx: _Context) -> Iterator[str]:
     if node.arg and _is_dunder(node.arg):
         yield f"keyword argument with dunder name '{node.arg}'"
-
-
-def _check_match_capture(node: ast.MatchAs | ast.MatchStar, ctx: _Context
-                         ) -> Iterator[str]:
-    yield from _check_bound_name(node.name)
-
-
-def _check_match_mapping(node: ast.MatchMapping, ctx: _Context
-                         ) -> Iterator[str]:
-    yield from _check_bound_name(node.rest)
+    elif node.arg in _FORBIDDEN_KEYWORDS:
+        yield (f"keyword argument '{node.arg}' (its values are formatted "
+               'into a template)')
 
 
 def _check_match_class(node: ast.MatchClass, ctx: _Context) -> Iterator[str]:
-    for attr in node.kwd_attrs:  # `case C(attr=...)` reads obj.attr
-        if problem := _attribute_problem(attr):
-            yield f'class pattern: {problem}'
+    yield (f"class pattern 'case {ast.unparse(node.cls)}(...)' (reads "
+           'attributes named by __match_args__ after an isinstance check '
+           'that protocols and ABCs can fake)')
 
 
 def _check_constant(node: ast.Constant, ctx: _Context) -> Iterator[str]:
@@ -449,16 +704,8 @@ _CHECKS = {
     ast.Attribute: _check_attribute,
     ast.Import: _check_import,
     ast.ImportFrom: _check_import_from,
-    ast.FunctionDef: _check_function,
     ast.ClassDef: _check_class,
-    ast.arg: _check_arg,
-    ast.ExceptHandler: _check_except,
-    ast.Global: _check_scope,
-    ast.Nonlocal: _check_scope,
     ast.keyword: _check_keyword,
-    ast.MatchAs: _check_match_capture,
-    ast.MatchStar: _check_match_capture,
-    ast.MatchMapping: _check_match_mapping,
     ast.MatchClass: _check_match_class,
     ast.Constant: _check_constant,
     ast.AsyncFunctionDef: _check_async,
@@ -481,24 +728,32 @@ def _position(node: ast.AST, parents: dict[int, ast.AST]) -> tuple[int, ...]:
         'lineno', 'col_offset', 'end_lineno', 'end_col_offset'))
 
 
-def _walk(tree: ast.AST) -> tuple[list[ast.AST], dict[int, ast.AST]]:
-    """All nodes, breadth first, and each one's parent; no recursion."""
-    nodes, parents = [tree], {}
+def _walk(tree: ast.AST) -> tuple[list[ast.AST], dict[int, ast.AST],
+                                  dict[int, str]]:
+    """All nodes, breadth first, each one's parent and the parent's field
+    that holds it; no recursion."""
+    nodes, parents, fields = [tree], {}, {}
     for node in nodes:  # grows while we iterate
-        for child in ast.iter_child_nodes(node):
-            parents[id(child)] = node
-            nodes.append(child)
-    return nodes, parents
+        for field, value in ast.iter_fields(node):
+            for child in value if isinstance(value, list) else [value]:
+                if isinstance(child, ast.AST):
+                    parents[id(child)] = node
+                    fields[id(child)] = field
+                    nodes.append(child)
+    return nodes, parents, fields
 
 
 def _check_tree(tree: ast.Module, policy: Policy) -> Violation | None:
-    nodes, parents = _walk(tree)
-    ctx = _Context(policy, parents)
+    nodes, parents, fields = _walk(tree)
+    ctx = _Context(policy, parents, fields)
     problems = []
     for node in nodes:
+        found = list(_check_bindings(node, ctx))
         if check := _CHECKS.get(type(node)):
+            found.extend(check(node, ctx))
+        if found:
             position = _position(node, parents)
-            problems.extend((position, p) for p in check(node, ctx))
+            problems.extend((position, p) for p in found)
     if not problems:
         return None
     (line, *_), message = min(problems)
@@ -507,7 +762,15 @@ def _check_tree(tree: ast.Module, policy: Policy) -> Violation | None:
 
 
 def _encoding_problem(source: str) -> Violation | None:
-    """A PEP 263 cookie other than utf-8 makes a file decode differently."""
+    """Text that is not UTF-8 (lone surrogates: undecodable bytes of a file),
+    or a PEP 263 cookie other than utf-8, which makes a file decode
+    differently."""
+    try:
+        source.encode('utf-8')
+    except UnicodeEncodeError as e:
+        line_no = source.count('\n', 0, e.start) + 1
+        return Violation(SYNTAX_ERROR, f'line {line_no}: the source is not '
+                         f'valid UTF-8 (character {e.object[e.start]!a})')
     for line_no, line in enumerate(source.splitlines()[:2], start=1):
         match = _CODING_COOKIE.match(line)
         if match:
