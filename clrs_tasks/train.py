@@ -190,7 +190,7 @@ def train_and_evaluate(triplet_fn: Any, splits: Splits, config: TrainConfig,
     """Trains the model with `triplet_fn`; returns an EvalResult (no hash).
 
     Raises ProgramFailure for programs that do not build, are too large or
-    make the loss non-finite.
+    make the training loss or an evaluation's output predictions non-finite.
     """
     spec = model_lib.model_spec(splits.val)
     module = build_model(triplet_fn, spec, config)
@@ -244,8 +244,14 @@ def train_and_evaluate(triplet_fn: Any, splits: Splits, config: TrainConfig,
                              opt_state=opt_state), loss
 
     def predict(params, batch):
+        """Hard predictions, and bool [G]: whether each graph's raw output
+        predictions are all finite (argmax and thresholds would hide NaN)."""
         outs, _ = module.apply({'params': params}, batch, train=False)
-        return metrics.postprocess(spec, outs)
+        finite = jnp.ones(batch.graph_mask.shape, bool)
+        for pred in outs.values():
+            finite &= jnp.all(
+                jnp.isfinite(pred).reshape(pred.shape[0], -1), axis=-1)
+        return metrics.postprocess(spec, outs), finite
 
     init_jit, train_jit, predict_jit = (
         jax.jit(init), jax.jit(train_step), jax.jit(predict))
@@ -253,12 +259,19 @@ def train_and_evaluate(triplet_fn: Any, splits: Splits, config: TrainConfig,
     def eval_batch(dataset, rows):
         return _host_batch(dataset, rows, config.eval_batch_size)
 
-    def evaluate(params, dataset):
+    def evaluate(params, dataset, step, split):
+        """Scores `params` on `dataset`; non-finite output predictions of
+        any real (not padding) graph make the program `nan`."""
         preds = []
         for rows in data_lib.eval_batches(dataset.num_samples,
                                           config.eval_batch_size):
-            out = jax.device_get(compiler.run('predict', predict_jit, 'once',
-                                              params, eval_batch(dataset, rows)))
+            out, finite = jax.device_get(compiler.run(
+                'predict', predict_jit, 'once', params,
+                eval_batch(dataset, rows)))
+            if not np.all(finite[:len(rows)]):
+                raise base.ProgramFailure(
+                    Status.NAN, f'non-finite output predictions at step '
+                    f'{step} on the {split} inputs')
             preds.append({k: v[:len(rows)] for k, v in out.items()})
         stacked = {k: np.concatenate([p[k] for p in preds]) for k in preds[0]}
         return metrics.score(spec, dataset.outputs, stacked)
@@ -296,11 +309,12 @@ def train_and_evaluate(triplet_fn: Any, splits: Splits, config: TrainConfig,
                     raise base.ProgramFailure(
                         Status.NAN,
                         f'non-finite training loss at step {step + 1}')
-                val = evaluate(state.params, splits.val)['score']
+                val = evaluate(state.params, splits.val, step + 1,
+                               'validation')['score']
                 if val > best['score']:
                     best = {'score': val, 'step': step + 1,
                             'params': jax.device_get(state.params)}
-        test = evaluate(best['params'], splits.test)
+        test = evaluate(best['params'], splits.test, best['step'], 'test')
         compile_s = build_s + compiler.seconds
     total_s = time.perf_counter() - t0
     return base.EvalResult(

@@ -65,6 +65,42 @@ def test_in_process_training_is_deterministic():
     assert first.metrics == again.metrics
 
 
+def test_non_finite_logits_at_evaluation_are_nan():
+    """Finite training loss, NaN/inf logits only on the evaluation batch
+    (another batch size): argmax would score them; the status is nan."""
+    model_cls = program('''
+        class Model(nn.Module):
+            @nn.compact
+            def __call__(self, x):
+                logits = nn.Dense(10)(x)
+                # Not jnp.where: its untaken branch makes the gradient NaN.
+                return logits if x.shape[0] == 128 else logits / 0.0
+    ''')
+    with pytest.raises(base.ProgramFailure) as info:
+        train(model_cls, num_steps=20)
+    assert info.value.status == base.Status.NAN
+    assert info.value.message == ('non-finite logits at step 20 on the '
+                                  'validation and test inputs')
+
+
+def test_one_non_finite_test_logit_is_nan():
+    """A single non-finite logit, for one test example only, is enough."""
+    model_cls = program('''
+        class Model(nn.Module):
+            @nn.compact
+            def __call__(self, x):
+                logits = nn.Dense(10)(x)
+                if x.shape[0] == 128:
+                    return logits
+                bad = (jnp.arange(x.shape[0]) == x.shape[0] - 1)[:, None]
+                return jnp.where(bad & (jnp.arange(10) == 3), jnp.inf, logits)
+    ''')
+    with pytest.raises(base.ProgramFailure, match='step 20 on the test inputs'
+                       ) as info:
+        train(model_cls, num_steps=20)
+    assert info.value.status == base.Status.NAN
+
+
 def test_count_params_counts_only_params_collection():
     variables = {'params': {'a': np.zeros((3, 4)), 'b': np.zeros(5)},
                  'batch_stats': {'m': np.zeros(100)}}

@@ -54,3 +54,31 @@ def test_too_large_before_training(tmp_path):
     with pytest.raises(base.ProgramFailure, match='exceed the cap') as info:
         task.run_program(_namespace(task, source), seed=0)
     assert info.value.status == base.Status.TOO_LARGE
+
+
+# Finite on training batches (4 graphs), non-finite on evaluation batches
+# (eval_batch_size 32 graphs), of every size or only of the test size (8
+# nodes; validation graphs have 16).
+_NAN_AT_EVALUATION = '''
+def get_triplet_msgs(z, edge_fts, graph_fts, nb_triplet_fts, out_size):
+    msgs = nn.Dense(out_size)(edge_fts)
+    if z.shape[0] == 4 or z.shape[1] not in {sizes}:
+        return msgs
+    return msgs / 0.0
+'''
+
+
+@pytest.mark.parametrize('sizes, message', [
+    ((8, 16), r'^non-finite output predictions at step 1 on the validation '
+     r'inputs$'),
+    # The test split is scored with the parameters of the best step.
+    ((8,), r'^non-finite output predictions at step [12] on the test inputs$'),
+])
+def test_non_finite_predictions_at_evaluation_are_nan(tmp_path, sizes,
+                                                      message):
+    """The training loss stays finite; argmax would still score the NaN."""
+    task = _task(tmp_path)
+    source = _NAN_AT_EVALUATION.format(sizes=set(sizes))
+    with pytest.raises(base.ProgramFailure, match=message) as info:
+        task.run_program(_namespace(task, source), seed=0)
+    assert info.value.status == base.Status.NAN

@@ -112,7 +112,7 @@ def _build(model_cls: Any, sample_x: jax.ShapeDtypeStruct,
         _reraise_oom(e)
         raise base.ProgramFailure(
             Status.BUILD_ERROR,
-            f'`Model()` failed: {type(e).__name__}: {e}') from None
+            f'`Model()` failed: {type(e).__name__}: {base.first_line(e)}') from None
     takes_train = 'train' in inspect.signature(model.__call__).parameters
     train_kw = {'train': False} if takes_train else {}
     expected = f'[{sample_x.shape[0]}, {num_classes}]'
@@ -222,7 +222,8 @@ def train_and_evaluate(model_cls: Any, splits: Any, config: Any, *,
     """Trains `model_cls` on `splits` with `config` (a TrainConfig).
 
     Returns an EvalResult without `source_sha256` (the worker fills it in).
-    Raises ProgramFailure for contract violations and non-finite losses.
+    Raises ProgramFailure for contract violations, non-finite training
+    losses and non-finite logits at an evaluation.
     """
     devices = jax.devices()
     mesh = Mesh(np.asarray(devices), ('data',))
@@ -299,10 +300,13 @@ def train_and_evaluate(model_cls: Any, splits: Any, config: Any, *,
     num_val = len(splits.val_x)
 
     def evaluate(state, eval_x, eval_y):
-        """Validation and test accuracy; eval_x is val_x then test_x."""
+        """Validation and test accuracy, and whether each split's logits are
+        all finite; eval_x is val_x then test_x."""
         logits, _ = apply(state.params, state.model_state, eval_x, False, None)
         correct = jnp.argmax(logits, -1) == eval_y
-        return jnp.mean(correct[:num_val]), jnp.mean(correct[num_val:])
+        finite = jnp.all(jnp.isfinite(logits), axis=-1)
+        return (jnp.mean(correct[:num_val]), jnp.mean(correct[num_val:]),
+                jnp.all(finite[:num_val]), jnp.all(finite[num_val:]))
 
     # The compiled programs see the state as a flat list of arrays: their HLO,
     # and so the persistent compilation cache's key, then does not depend on
@@ -372,8 +376,11 @@ def train_and_evaluate(model_cls: Any, splits: Any, config: Any, *,
                         f'(non-finite) by step {step}')
                 last_loss = float(host_losses[-1])
             if (c + 1) % chunks_per_eval == 0:
-                val_acc, test_acc = (float(a) for a in compiler.run(
-                    'evaluate', evaluate_jit, 'once', state, *eval_arrays))
+                val_acc, test_acc, val_finite, test_finite = (
+                    np.asarray(a) for a in compiler.run(
+                        'evaluate', evaluate_jit, 'once', state, *eval_arrays))
+                _check_finite_logits(step, bool(val_finite), bool(test_finite))
+                val_acc, test_acc = float(val_acc), float(test_acc)
                 if val_acc > best[0]:
                     best = (val_acc, test_acc, step)
         # A wait for the evaluation's compile counts as compiling.
@@ -390,6 +397,19 @@ def train_and_evaluate(model_cls: Any, splits: Any, config: Any, *,
         metrics={'val_accuracy': val_acc, 'test_accuracy': test_acc,
                  'best_step': best_step, 'final_train_loss': last_loss},
         compile_s=compile_s, train_s=train_s)
+
+
+def _check_finite_logits(step: int, val_finite: bool,
+                         test_finite: bool) -> None:
+    """Non-finite logits at an evaluation make the program `nan`, even with a
+    finite training loss (e.g. a layer dividing by a statistic of the batch
+    that is zero only for the evaluation inputs): argmax would hide them."""
+    splits = [name for name, finite in (('validation', val_finite),
+                                        ('test', test_finite)) if not finite]
+    if splits:
+        raise base.ProgramFailure(
+            Status.NAN, f'non-finite logits at step {step} on the '
+            f'{" and ".join(splits)} inputs')
 
 
 def _reraise_oom(e: Exception) -> None:
