@@ -29,12 +29,12 @@ gin_configs_test.probe:
   task = %TASK
   limits = %SANDBOX_LIMITS
   worker_config = %WORKER_CONFIG
-  num_workers = %NUM_WORKERS
+  workers = %SANDBOX_WORKERS
 '''
 
 
-def probe(*, task, limits, worker_config, num_workers):
-    return task, limits, worker_config, num_workers
+def probe(*, task, limits, worker_config, workers):
+    return task, limits, worker_config, workers
 
 
 # Method files, layered after a run file: the method label they set.
@@ -44,7 +44,10 @@ METHOD_FILES = {'gin/search/evoprompting.gin': 'evoprompting',
                 'gin/search/naive_few_shot.gin': 'naive_few_shot',
                 'gin/search/regularized_evolution.gin': 'regularized_evolution',
                 'gin/search/random_search.gin': 'random_search'}
-OTHER_FILES = {'gin/devices/cpu.gin', 'gin/lm/tiny_random.gin', 'gin/lm/default.gin'}
+# gin/devices/*.gin: tests/devices_test.py builds a plan from each.
+OTHER_FILES = {'gin/devices/cpu.gin', 'gin/devices/gpu.gin',
+               'gin/devices/gpu_shared.gin', 'gin/devices/tpu.gin',
+               'gin/lm/tiny_random.gin', 'gin/lm/default.gin'}
 # One file per CLRS-30 algorithm, layered after a CLRS budget file.
 ALGORITHM_FILES = {f'gin/clrs/algorithms/{a}.gin': a
                    for a in sorted(clrs_data.algorithms())}
@@ -101,14 +104,14 @@ def test_method_files_set_their_method(path):
 @pytest.mark.parametrize('path', sorted(RUN_FILES))
 def test_run_files_build_task_and_sandbox(path):
     gin_utils.parse([path], [], entry_config=PROBE)
-    task, limits, worker_config, num_workers = gin.get_configurable(probe)()
+    task, limits, worker_config, workers = gin.get_configurable(probe)()
     task_cls, budget = RUN_FILES[path]
     assert isinstance(task, task_cls)
     assert (task.train.num_steps, task.train.learning_rate,
             task.train.batch_size) == budget
     assert isinstance(limits, pool.Limits)
     assert isinstance(worker_config, pool.WorkerConfig)
-    assert num_workers == 1
+    assert [w.description for w in workers] == ['cpu, 1 host device']
     # The main binary's entry point is fully bound.
     for name in ('task', 'proposer', 'sandbox', 'config'):
         assert gin.query_parameter(f'search.run.{name}') is not None
