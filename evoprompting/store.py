@@ -11,6 +11,10 @@ line; `CandidateStore.open` detects it and cuts it off, with a warning.
 It is replaced atomically: written to a temporary file, fsynced, renamed over
 the old one, and the folder fsynced.
 
+`<workdir>/store_format.json` holds the format version the workdir was
+written in (`STORE_FORMAT`). A workdir of an older format is migrated when it
+is opened; one of a newer format (a later version of this code) is refused.
+
 No pickle: everything is JSON.
 """
 
@@ -27,6 +31,40 @@ from evoprompting.tasks import base
 
 CANDIDATES_FILE = 'candidates.jsonl'
 STATE_FILE = 'state.json'
+FORMAT_FILE = 'store_format.json'
+# 1: workdirs from before the version was recorded. 2: results carry the
+# sandbox's `isolation` (absent, read as '', in version 1 records).
+STORE_FORMAT = 2
+
+
+class StoreFormatError(ValueError):
+    """The workdir was written in a format this code cannot read."""
+
+
+def check_format(workdir: str) -> None:
+    """Refuses a newer store format, migrates an older one, records ours.
+
+    Raises:
+      StoreFormatError: the workdir's format is newer than `STORE_FORMAT`,
+        or its format file is unreadable.
+    """
+    path = os.path.join(workdir, FORMAT_FILE)
+    version = 1  # Written before the format was recorded (or fresh).
+    if os.path.exists(path):
+        try:
+            with open(path, encoding='utf-8') as f:
+                version = int(json.load(f)['store_format'])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise StoreFormatError(f'{path} is unreadable ({e}); it should '
+                                   'hold {"store_format": N}') from None
+    if version > STORE_FORMAT:
+        raise StoreFormatError(
+            f'{workdir} was written in store format {version} by a newer '
+            f'version of evoprompting; this one reads formats 1-{STORE_FORMAT}. '
+            'Upgrade, or use another --workdir.')
+    # Format 1 -> 2 adds only a field with a default: nothing to rewrite.
+    if version != STORE_FORMAT or not os.path.exists(path):
+        write_json_atomic(path, {'store_format': STORE_FORMAT})
 
 
 class StoreCorrupted(Exception):
@@ -94,8 +132,13 @@ class CandidateStore:
 
     @classmethod
     def open(cls, workdir: str) -> CandidateStore:
-        """Opens (creating if needed) the log, repairing a truncated last line."""
+        """Opens (creating if needed) the log, repairing a truncated last line.
+
+        Raises:
+          StoreFormatError: see `check_format`.
+        """
         os.makedirs(workdir, exist_ok=True)
+        check_format(workdir)
         path = os.path.join(workdir, CANDIDATES_FILE)
         candidates: list[Candidate] = []
         if os.path.exists(path):

@@ -87,3 +87,29 @@ def test_sigkill_during_appends_loses_nothing_recorded(tmp_path):
     reopened = store.CandidateStore.open(str(tmp_path))
     assert len(reopened) >= acknowledged + 1
     assert [c.id for c in reopened] == list(range(len(reopened)))
+
+
+def test_store_format_is_recorded_migrated_and_checked(tmp_path):
+    fresh = tmp_path / 'fresh'
+    store.CandidateStore.open(str(fresh)).close()
+    assert json.loads((fresh / store.FORMAT_FILE).read_text()) == {
+        'store_format': store.STORE_FORMAT}
+    # A workdir of format 1 (no format file, results without `isolation`)
+    # opens, its records read with the default, and it is marked current.
+    old = tmp_path / 'old'
+    old.mkdir()
+    record = candidate(0).to_json()
+    del record['result']['isolation']
+    (old / store.CANDIDATES_FILE).write_text(json.dumps(record) + '\n')
+    with store.CandidateStore.open(str(old)) as s:
+        assert list(s) == [candidate(0)]
+    assert json.loads((old / store.FORMAT_FILE).read_text())[
+        'store_format'] == store.STORE_FORMAT
+    # A newer format is refused, with what to do.
+    (old / store.FORMAT_FILE).write_text(
+        json.dumps({'store_format': store.STORE_FORMAT + 1}))
+    with pytest.raises(store.StoreFormatError, match='newer version'):
+        store.CandidateStore.open(str(old))
+    (old / store.FORMAT_FILE).write_text('{not json')
+    with pytest.raises(store.StoreFormatError, match='unreadable'):
+        store.CandidateStore.open(str(old))
