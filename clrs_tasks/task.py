@@ -16,6 +16,7 @@ from typing import Any
 from clrs_tasks import data as data_lib
 from clrs_tasks import processors
 from clrs_tasks import train as train_lib
+from evoprompting.paths import default_cache_dir
 from evoprompting.tasks import base
 from seeds import read_seeds
 
@@ -66,6 +67,10 @@ class ClrsTask:
         return [base.SeedProgram(name, source)
                 for name, source in read_seeds('clrs')
                 if not self.seeds or name in self.seeds]
+
+    @property
+    def data_dir(self) -> str:
+        return self.data.cache_dir or default_cache_dir()
 
     def prepare(self) -> None:
         data_lib.load_splits(self.data)

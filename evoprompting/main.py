@@ -30,7 +30,8 @@ import sys
 from absl import app, flags, logging
 import gin
 
-from evoprompting import gin_utils, search
+from evoprompting import devices, gin_utils, search, store
+from evoprompting.sandbox import isolation
 from lm import partitioning
 
 FLAGS = flags.FLAGS
@@ -91,8 +92,10 @@ class ConfigChanged(Exception):
     """The workdir holds a run of another gin configuration."""
 
 
-def write_run_record(workdir: str, *, allow_config_change: bool) -> None:
-    """Writes config.gin (the parsed configuration) and run_metadata.json.
+def write_run_record(workdir: str, *, allow_config_change: bool,
+                     extra: dict | None = None) -> None:
+    """Writes config.gin (the parsed configuration) and run_metadata.json
+    (`run_metadata()` and `extra`).
 
     Raises:
       ConfigChanged: `workdir` has a config.gin that differs from the current
@@ -116,7 +119,7 @@ def write_run_record(workdir: str, *, allow_config_change: bool) -> None:
         f.write(config)
     with open(os.path.join(workdir, 'run_metadata.json'), 'w',
               encoding='utf-8') as f:
-        json.dump(run_metadata(), f, indent=2)
+        json.dump({**run_metadata(), **(extra or {})}, f, indent=2)
 
 
 def main(argv):
@@ -125,12 +128,22 @@ def main(argv):
     partitioning.set_cpu_device_count(FLAGS.cpu_devices)
     try:
         gin_utils.parse(FLAGS.gin_file, FLAGS.gin_bindings)
+        plan = gin.get_bindings(devices.worker_devices)['plan']
+        host = devices.detect_host()
+        sandbox = isolation.detect(require_os_sandbox=False)
+        print(devices.describe(plan, host), flush=True)
+        print(f'Sandbox isolation: {sandbox.level} ({sandbox.detail})',
+              flush=True)
         write_run_record(FLAGS.workdir,
-                         allow_config_change=FLAGS.allow_config_change)
+                         allow_config_change=FLAGS.allow_config_change,
+                         extra={'device_plan': devices.plan_to_json(plan, host),
+                                'isolation': sandbox.to_json()})
         logging.info('Config written to %s', FLAGS.workdir)
         gin_utils.call(search.run, workdir=FLAGS.workdir,
                        allow_config_change=FLAGS.allow_config_change)
-    except (gin_utils.GinConfigError, ConfigChanged, search.SearchError) as e:
+    except (gin_utils.GinConfigError, ConfigChanged, search.SearchError,
+            devices.PlanError, isolation.IsolationError,
+            store.StoreFormatError) as e:
         sys.exit(f'error: {e}')
     except KeyboardInterrupt:
         sys.exit(f'Interrupted. Everything evaluated is saved in '

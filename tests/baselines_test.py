@@ -249,8 +249,7 @@ def test_regularized_evolution_search_end_to_end(tmp_path_factory):
     sandbox = evaluator.Sandbox(
         task, limits=pool.Limits(wall_s=120, cpu_s=240, memory_mb=6144,
                                  startup_s=300),
-        config=pool.WorkerConfig(compilation_cache_dir=str(
-            tmp_path_factory.mktemp('jax_cache'))))
+        config=pool.WorkerConfig())
     # 16 training steps reach ~25% validation accuracy: alpha admits that.
     config = search.SearchConfig(method='regularized_evolution', num_rounds=2,
                                  alpha=0.9, num_top=3)

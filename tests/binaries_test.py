@@ -72,6 +72,13 @@ def test_main_runs_a_search_and_records_it(tmp_path):
     # On CPU, the LM's process splits the host into one device per core.
     assert len(metadata['devices']) == len(os.sched_getaffinity(0))
     assert metadata['git_revision']
+    # The device plan and the sandbox's isolation are on record and printed.
+    assert [w['description'] for w in metadata['device_plan']['workers']] == [
+        'cpu, 1 host device']
+    assert metadata['isolation']['level'] in ('os', 'process')
+    assert f"Sandbox isolation: {metadata['isolation']['level']}" in out.stdout
+    if os.environ.get('CI') == 'true':
+        assert metadata['isolation']['level'] == 'os'
     log = [json.loads(l) for l in
            (workdir / 'candidates.jsonl').read_text().splitlines()]
     assert sorted(c['round'] for c in log) == [-1] * 4 + [0] * 4 + [1] * 4

@@ -51,10 +51,8 @@ def task(tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
-def sandbox(task, tmp_path_factory):
-    config = pool.WorkerConfig(compilation_cache_dir=str(
-        tmp_path_factory.mktemp('jax_cache')))
-    with evaluator.Sandbox(task, limits=LIMITS, config=config) as s:
+def sandbox(task):
+    with evaluator.Sandbox(task, limits=LIMITS) as s:
         yield s
 
 

@@ -7,10 +7,13 @@ able to evaluate the next program.
 """
 
 import os
+import shutil
+import tempfile
 import textwrap
 
 import pytest
 
+from evoprompting import devices
 from evoprompting.sandbox import evaluator, pool, validator
 from evoprompting.tasks import base, mnist1d
 
@@ -44,9 +47,8 @@ def task(tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
-def config(tmp_path_factory):
-    return pool.WorkerConfig(compilation_cache_dir=str(
-        tmp_path_factory.mktemp('jax_cache')))
+def config():
+    return pool.WorkerConfig(require_os_sandbox=os.environ.get('CI') == 'true')
 
 
 @pytest.fixture(scope='module')
@@ -217,9 +219,19 @@ def _escapes(canary: str) -> list[tuple[str, str]]:
     ]
 
 
+@pytest.fixture
+def canary_dir():
+    """A folder anyone may write, outside /tmp (a worker's own /tmp is
+    private under the OS sandbox, so a canary there would prove nothing)."""
+    folder = tempfile.mkdtemp(prefix='evoprompting-canary-', dir='/var/tmp')
+    os.chmod(folder, 0o777)
+    yield folder
+    shutil.rmtree(folder)
+
+
 @pytest.mark.parametrize('index', range(9))
-def test_run_time_guard_blocks_escapes(bare_pool, tmp_path, index):
-    canary = str(tmp_path / 'canary')
+def test_run_time_guard_blocks_escapes(bare_pool, canary_dir, index):
+    canary = os.path.join(canary_dir, 'canary')
     name, body = _escapes(canary)[index]
     result = bare_pool.run_one(body + MLP, 0)
     assert result.status == S.FORBIDDEN, (name, result.status, result.message)
@@ -249,18 +261,19 @@ def test_parallel_workers_keep_order_and_report_progress(task, config):
                MLP.replace('16', '8')]
     seen = {}
     with evaluator.Sandbox(task, limits=LIMITS, config=config,
-                           num_workers=2) as s:
+                           workers=[devices.CPU_WORKER] * 2) as s:
         results = s.evaluate(sources, [0] * 4,
                              on_result=lambda i, r: seen.setdefault(i, r))
-        assert len(s.pool.startup_s) == 2
+        assert len(s.pool.startup_s) == 3  # One fresh worker per program run.
     assert [r.status for r in results] == [S.OK, S.FORBIDDEN, S.TOO_LARGE, S.OK]
     assert results[0].params != results[3].params
     assert seen == dict(enumerate(results))
 
 
-def test_worker_is_replaced_when_a_program_leaves_jax_settings_changed(
-        task, config):
-    # A suspended generator keeps `jax.enable_x64` entered after the program.
+def test_no_state_reaches_the_next_program(task, config):
+    # A suspended generator keeps `jax.enable_x64` entered after the program,
+    # and a class attribute set on a library class outlives the module. The
+    # next program runs in a fresh process and sees neither.
     leaky = textwrap.dedent('''
         def keep_x64():
             with jax.enable_x64(True):
@@ -269,7 +282,8 @@ def test_worker_is_replaced_when_a_program_leaves_jax_settings_changed(
         HELD = keep_x64()
         next(HELD)
     ''') + MLP
+    probe = model('assert jnp.zeros(1).dtype == jnp.float32\n')
     with evaluator.Sandbox(task, limits=LIMITS, config=config) as s:
         assert evaluate(s, leaky).status == S.OK
-        assert evaluate(s, MLP).status == S.OK
+        assert evaluate(s, probe).status == S.OK
         assert len(s.pool.startup_s) == 2

@@ -36,9 +36,8 @@ def task(tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
-def worker_config(tmp_path_factory):
-    return pool.WorkerConfig(compilation_cache_dir=str(
-        tmp_path_factory.mktemp('jax_cache')))
+def worker_config():
+    return pool.WorkerConfig()
 
 
 @pytest.fixture(scope='module')

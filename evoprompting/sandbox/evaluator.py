@@ -7,24 +7,36 @@ an EvalResult with a status, never an exception.
 
 from __future__ import annotations
 
+import dataclasses
+import sys
 from typing import Sequence
 
-from evoprompting.sandbox import pool, validator
+from evoprompting import devices
+from evoprompting.sandbox import isolation, pool, validator
 from evoprompting.tasks import base
 
 
 class Sandbox:
-    """Validator + worker pool for one task."""
+    """Validator + worker pool for one task.
+
+    Attributes:
+      isolation: what workers run under (`isolation.Isolation`); a
+        process-level fallback is printed as a warning when the sandbox is
+        made.
+    """
 
     def __init__(self, task: base.Task, *, limits: pool.Limits = pool.Limits(),
                  config: pool.WorkerConfig = pool.WorkerConfig(),
-                 num_workers: int = 1,
+                 workers: Sequence[devices.WorkerDevices] = (devices.CPU_WORKER,),
                  policy: validator.Policy = validator.DEFAULT_POLICY):
         self.task = task
         self.policy = policy
         self.pool = pool.WorkerPool(
             task, allowed_modules=policy.allowed_modules, limits=limits,
-            config=config, num_workers=num_workers)
+            config=config, workers=workers)
+        self.isolation: isolation.Isolation = self.pool.isolation
+        if self.isolation.warning:
+            print(self.isolation.warning, file=sys.stderr, flush=True)
 
     def evaluate(self, sources: Sequence[str], seeds: Sequence[int],
                  on_result: pool.ResultCallback | None = None
@@ -56,7 +68,8 @@ class Sandbox:
                                  [seeds[i] for i in runnable], on_result=report)
         for i, result in zip(runnable, ran):
             results[i] = result
-        return results
+        return [dataclasses.replace(r, isolation=self.isolation.level)
+                for r in results]
 
     def close(self) -> None:
         self.pool.close()

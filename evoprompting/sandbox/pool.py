@@ -1,11 +1,22 @@
-"""A pool of sandbox worker processes, and the limits they run under.
+"""Sandbox worker processes: one fresh process per program, under the OS sandbox.
 
 The parent process never executes candidate code: it sends source text to a
-worker (`evoprompting.sandbox.worker`) and reads back an EvalResult. Each
-worker imports JAX and loads the task's data once and is reused across
-programs. A worker that exceeds the wall-clock limit is killed; one that dies
-(CPU-time limit, memory, a native crash) is replaced on the next request, and
-the program gets `timeout`, `oom` or `crash` with the reason.
+worker (`evoprompting.sandbox.worker`) and reads back an EvalResult. A worker
+runs one program and exits, so nothing a program changes (module attributes,
+threads, JAX settings, files in its scratch space) reaches the next one; the
+next worker of each slot is started as soon as the previous program is done,
+so its start-up (importing JAX, loading the task's data) overlaps other work.
+Workers run under `evoprompting.sandbox.isolation` (bubblewrap, an
+unprivileged uid, no network, read-only filesystem, own PID namespace) where
+the host allows, else as plain child processes (`isolation.level` says
+which). A worker that exceeds the wall-clock limit is killed with everything
+it started; one that dies (CPU-time limit, memory, a native crash) gives the
+program `timeout`, `oom` or `crash` with the reason.
+
+Each slot `i` runs its workers on `workers[i]` (a `devices.WorkerDevices`:
+environment and device nodes). Workers get a clean environment: the
+variables of their device share, the parent's locale, PATH and the
+JAX/XLA/accelerator variables, nothing else (no credentials).
 """
 
 from __future__ import annotations
@@ -21,10 +32,12 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from typing import Any, Callable, Sequence
 
-from evoprompting import paths
+from evoprompting import devices, paths
+from evoprompting.sandbox import isolation as isolation_lib
 from evoprompting.tasks import base
 
 Status = base.Status
@@ -33,6 +46,10 @@ _EXIT_GRACE_S = 10.0
 _EOF, _TIMED_OUT = 'eof', 'timed out'  # What `_receive` returns besides replies.
 _CODE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
+# Parent variables a worker keeps (exact names and prefixes).
+_KEPT_ENV = frozenset({'PATH', 'LANG', 'LANGUAGE', 'TZ', 'LD_LIBRARY_PATH'})
+_KEPT_ENV_PREFIXES = ('LC_', 'JAX_', 'XLA_', 'TPU_', 'CUDA_', 'NVIDIA_',
+                      'LIBTPU', 'OMP_', 'OPENBLAS_', 'MKL_', 'TF_CPP_')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,10 +61,14 @@ class Limits:
       cpu_s: CPU seconds for one program, all threads together.
       memory_mb: address-space limit of a worker process (JAX itself needs a
         few GB of address space).
-      file_mb: the largest file a worker may write (compilation cache entries).
+      file_mb: the largest file a worker may write, and the size of its
+        private /tmp under the OS sandbox.
       output_chars: how much of what a program prints is kept.
       startup_s: wall-clock seconds a new worker may take to import JAX and
         prepare the task's data.
+      processes: processes and threads of the sandbox user, per worker (JAX
+        starts a few dozen threads); 0: 256 + 8 per CPU core. Binds only
+        under the OS sandbox's unprivileged uid.
     """
 
     wall_s: float = 1800.0
@@ -56,71 +77,138 @@ class Limits:
     file_mb: int = 256
     output_chars: int = 4000
     startup_s: float = 600.0
+    processes: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
 class WorkerConfig:
-    """How worker processes see the machine.
+    """How worker processes are isolated.
 
     Attributes:
-      platform: JAX platform for workers ('cpu', 'gpu', 'tpu'); '' lets JAX pick.
-      host_device_count: on CPU, devices per worker (data-parallel shards).
-      compilation_cache_dir: persistent JAX compilation cache shared by
-        workers; 'default' is <cache dir>/jax_compilation_cache (see
-        `evoprompting.paths`), '' disables it.
-      env: extra environment variables, e.g. CUDA_VISIBLE_DEVICES or
-        XLA_PYTHON_CLIENT_MEM_FRACTION for GPU workers.
+      require_os_sandbox: refuse to start without the OS sandbox (bubblewrap)
+        instead of falling back, loudly, to process-level isolation.
+        Recommended with any LM other than the embedded one.
+      sandbox_uid, sandbox_gid: the host user that runs workers when the
+        parent is root (nobody by default).
     """
 
-    platform: str = 'cpu'
-    host_device_count: int = 1
-    compilation_cache_dir: str = 'default'
-    env: tuple[tuple[str, str], ...] = ()
+    require_os_sandbox: bool = False
+    sandbox_uid: int = 65534
+    sandbox_gid: int = 65534
+
+    @property
+    def user(self) -> isolation_lib.SandboxUser:
+        return isolation_lib.SandboxUser(self.sandbox_uid, self.sandbox_gid)
 
 
-def _signal_name(returncode: int) -> str:
+def _killing_signal(returncode: int | None) -> int:
+    """The signal that ended a worker, 0 if none. bwrap reports a command
+    killed by signal N as exit code 128 + N."""
+    if returncode is None:
+        return 0
+    if returncode < 0:
+        return -returncode
+    return returncode - 128 if 128 < returncode < 128 + 65 else 0
+
+
+def _children(pid: int) -> list[int]:
+    """Pids of the live child processes of `pid`."""
+    children = []
+    for entry in os.listdir('/proc'):
+        if entry.isdigit():
+            try:
+                with open(f'/proc/{entry}/stat', encoding='utf-8') as f:
+                    fields = f.read().rsplit(')', 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                children.append(int(entry))
+    return children
+
+
+def _signal_name(signum: int) -> str:
     try:
-        return signal.Signals(-returncode).name
+        return signal.Signals(signum).name
     except ValueError:
-        return f'signal {-returncode}'
+        return f'signal {signum}'
+
+
+def worker_env(worker_devices: devices.WorkerDevices,
+               level: str) -> dict[str, str]:
+    """The whole environment of a worker process."""
+    env = {k: v for k, v in os.environ.items()
+           if k in _KEPT_ENV or k.startswith(_KEPT_ENV_PREFIXES)}
+    parent_xla_flags = env.get('XLA_FLAGS', '')
+    env.update(worker_devices.env)
+    if parent_xla_flags and 'XLA_FLAGS' in dict(worker_devices.env):
+        env['XLA_FLAGS'] = f'{parent_xla_flags} {env["XLA_FLAGS"]}'
+    env.update({
+        'PYTHONPATH': _CODE_ROOT, 'PYTHONUNBUFFERED': '1',
+        'PYTHONDONTWRITEBYTECODE': '1', 'PYTHONNOUSERSITE': '1',
+        paths.CACHE_ENV: paths.default_cache_dir()})
+    if level == isolation_lib.OS:
+        env.update({'HOME': '/tmp', 'TMPDIR': '/tmp'})
+    return env
 
 
 class WorkerProcess:
-    """One worker subprocess and its log. Not thread-safe; the pool serialises."""
+    """One worker subprocess, started at once; `run` waits until it is ready.
 
-    def __init__(self, init: dict[str, Any], limits: Limits,
-                 config: WorkerConfig, log_dir: str):
+    Not thread-safe; the pool hands each to one thread at a time.
+    """
+
+    def __init__(self, spawn: Callable[..., subprocess.Popen], *,
+                 init: dict[str, Any], limits: Limits,
+                 isolation: isolation_lib.Isolation, user: isolation_lib.SandboxUser,
+                 worker_devices: devices.WorkerDevices, read_only: Sequence[str],
+                 log_dir: str):
+        """Starts the worker through `spawn` (`subprocess.Popen`, called on a
+        long-lived thread: a worker dies with the thread that started it)."""
         self.limits = limits
         self.log = tempfile.NamedTemporaryFile(
             mode='w+b', dir=log_dir, prefix='worker-', suffix='.log',
             delete=False)
-        env = dict(os.environ)
-        env.update(config.env)
-        env['PYTHONUNBUFFERED'] = '1'
-        # Workers import the same code as this process, wherever it lives.
-        env['PYTHONPATH'] = os.pathsep.join(
-            p for p in (_CODE_ROOT, env.get('PYTHONPATH')) if p)
-        if config.platform:
-            env['JAX_PLATFORMS'] = config.platform
-        if config.platform == 'cpu':
-            flags = env.get('XLA_FLAGS', '')
-            env['XLA_FLAGS'] = (
-                f'{flags} --xla_force_host_platform_device_count='
-                f'{config.host_device_count}').strip()
-        self.workdir = tempfile.mkdtemp(prefix='worker-', dir=log_dir)
-        t0 = time.perf_counter()
-        self.proc = subprocess.Popen(
+        self.scratch = tempfile.mkdtemp(prefix='scratch-', dir=log_dir)
+        env = worker_env(worker_devices, isolation.level)
+        init = dict(init)
+        if os.geteuid() == 0:
+            init['run_as'] = [user.uid, user.gid]
+            os.chown(self.scratch, user.uid, user.gid)
+        if isolation.level == isolation_lib.OS:
+            init['write_dirs'] = ['/tmp']  # Its private tmpfs.
+        else:
+            init['write_dirs'] = [self.scratch]
+            init['parent_pid'] = os.getpid()
+            env.update({'HOME': self.scratch, 'TMPDIR': self.scratch})
+        argv = isolation_lib.wrap(
             [sys.executable, '-m', 'evoprompting.sandbox.worker'],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
-            cwd=self.workdir, env=env, start_new_session=True)
-        self._send({**init, 'write_dirs': [*init['write_dirs'], self.workdir]})
-        ready = self._receive(limits.startup_s)
+            isolation=isolation, env=env, read_only=read_only,
+            tmp_mb=limits.file_mb, device_nodes=worker_devices.device_nodes)
+        self.started = time.monotonic()
+        self.proc = spawn(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          stderr=self.log, cwd=self.scratch, env=env,
+                          start_new_session=True)
+        self.ready = False
+        self.startup_s = 0.0
+        try:
+            self._send(init)
+        except OSError:
+            pass  # Died at once; `wait_ready` reports why.
+
+    def wait_ready(self) -> None:
+        """Waits for the worker's ready line. Raises RuntimeError if it died."""
+        if self.ready:
+            return
+        left = self.limits.startup_s - (time.monotonic() - self.started)
+        ready = self._receive(max(left, 0.0))
         if not isinstance(ready, dict) or not ready.get('ready'):
-            reason = self._death_reason()
+            reason = (f'no ready reply within startup_s = '
+                      f'{self.limits.startup_s:g} s; {self._death_reason()}'
+                      if ready == _TIMED_OUT else self._death_reason())
             self.kill()
             raise RuntimeError(f'sandbox worker failed to start: {reason}')
-        self.startup_s = time.perf_counter() - t0
-        self.devices = ready.get('devices', [])
+        self.ready = True
+        self.startup_s = float(ready['startup_s'])
 
     def _send(self, obj: dict[str, Any]) -> None:
         self.proc.stdin.write((base.dumps(obj) + '\n').encode())
@@ -137,7 +225,12 @@ class WorkerProcess:
             readable, _, _ = select.select([fd], [], [], min(left, 1.0))
             if readable:
                 line = self.proc.stdout.readline()
-                return json.loads(line) if line else _EOF
+                if not line:
+                    return _EOF
+                try:
+                    return json.loads(line)
+                except ValueError:
+                    return _EOF
 
     def _log_tail(self, start: int, lines: int = 6) -> str:
         with open(self.log.name, 'rb') as f:
@@ -150,110 +243,181 @@ class WorkerProcess:
         code = self.proc.poll()
         tail = self._log_tail(log_start)
         what = ('still running' if code is None else
-                f'killed by {_signal_name(code)}' if code < 0 else
-                f'exited with code {code}')
+                f'killed by {_signal_name(_killing_signal(code))}'
+                if _killing_signal(code) else f'exited with code {code}')
         return f'worker {what}' + (f'; its log: {tail}' if tail else '')
 
-    def run(self, source: str, seed: int) -> tuple[base.EvalResult, bool]:
-        """Runs one program. Returns the result and whether this worker lives."""
+    def run(self, source: str, seed: int) -> base.EvalResult:
+        """Runs one program; the worker is done afterwards (call `kill`)."""
+        self.wait_ready()
         log_start = os.path.getsize(self.log.name)
-        self._send({'source': source, 'seed': seed})
-        reply = self._receive(self.limits.wall_s)
         sha = base.source_sha256(source)
+        try:
+            self._send({'source': source, 'seed': seed})
+            reply = self._receive(self.limits.wall_s)
+        except OSError:
+            reply = _EOF
         if reply == _TIMED_OUT:
             self.kill()
             return base.EvalResult(
                 Status.TIMEOUT,
-                f'wall-clock limit of {self.limits.wall_s:g} s exceeded', sha), False
+                f'wall-clock limit of {self.limits.wall_s:g} s exceeded', sha)
         if reply != _EOF:
-            result = base.EvalResult.from_json(reply['result'])
-            return result, not reply.get('restart', False)
+            try:
+                result = base.EvalResult.from_json(reply['result'])
+            except (KeyError, TypeError, ValueError) as e:
+                return base.EvalResult(
+                    Status.CRASH, f'malformed worker reply: {e}', sha)
+            return dataclasses.replace(result, source_sha256=sha)
         try:
             code = self.proc.wait(timeout=_EXIT_GRACE_S)
         except subprocess.TimeoutExpired:
             self.kill()
             code = self.proc.returncode
         reason = self._death_reason(log_start)
-        if code == -signal.SIGXCPU:
+        if _killing_signal(code) == signal.SIGXCPU:
             return base.EvalResult(
                 Status.TIMEOUT,
                 f'CPU-time limit of {self.limits.cpu_s} s exceeded ({reason})',
-                sha), False
+                sha)
         if any(s in reason for s in ('Out of memory', 'bad_alloc', 'MemoryError',
                                      'RESOURCE_EXHAUSTED', 'Cannot allocate')):
-            return base.EvalResult(Status.OOM, f'out of memory: {reason}', sha), False
-        return base.EvalResult(Status.CRASH, reason, sha), False
+            return base.EvalResult(Status.OOM, f'out of memory: {reason}', sha)
+        return base.EvalResult(Status.CRASH, reason, sha)
+
+    def stop(self) -> None:
+        """Sends SIGKILL to the worker and all it started (any thread may
+        call it; `run` then returns at once and the owner calls `kill`).
+
+        Under the OS sandbox the worker runs in its own session and PID
+        namespace, below the bwrap process we started: that one is stopped
+        first (it can start nothing more), then its children (PID 1 of the
+        namespace: killing it kills every process in the namespace), then it.
+        `--die-with-parent` alone leaves a gap while bwrap sets up.
+        """
+        if self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGSTOP)
+            for child in _children(self.proc.pid):
+                try:
+                    os.kill(child, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        """Kills the worker and all it started, and cleans up after it."""
+        self.stop()
         self.proc.wait()
         for stream in (self.proc.stdin, self.proc.stdout):
             try:
                 stream.close()
             except OSError:
                 pass
+        self.log.close()
+        shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 ResultCallback = Callable[[int, base.EvalResult], None]
 
 
 class WorkerPool:
-    """Reusable sandbox workers for one task.
+    """Sandbox workers for one task: one slot per entry of `workers`.
 
-    `evaluate(sources, seeds)` runs programs on up to `num_workers` workers at
-    once and returns results in order. Programs must already have passed the
-    validator (see `evoprompting.sandbox.Sandbox`, which does both).
+    `evaluate(sources, seeds)` runs programs on all slots at once and returns
+    results in order. Programs must already have passed the validator (see
+    `evoprompting.sandbox.evaluator.Sandbox`, which does both). The task's
+    data is prepared here, in the trusted parent, before any worker starts;
+    workers read it (`task.data_dir`) read-only.
+
+    Raises:
+      isolation.IsolationError: `config.require_os_sandbox` and no OS sandbox.
     """
 
     def __init__(self, task: base.Task, *, allowed_modules: Sequence[str],
                  limits: Limits = Limits(), config: WorkerConfig = WorkerConfig(),
-                 num_workers: int = 1):
-        if num_workers < 1:
-            raise ValueError('num_workers must be >= 1')
+                 workers: Sequence[devices.WorkerDevices] = (devices.CPU_WORKER,)):
+        if not workers:
+            raise ValueError('a pool needs at least one worker')
         self.limits, self.config = limits, config
-        self.log_dir = tempfile.mkdtemp(prefix='evoprompting-sandbox-')
-        cache_dir = config.compilation_cache_dir
-        if cache_dir == 'default':
-            cache_dir = os.path.join(paths.default_cache_dir(),
-                                     'jax_compilation_cache')
-        write_dirs = [cache_dir] if cache_dir else []
-        if cache_dir:
-            os.makedirs(cache_dir, exist_ok=True)
+        self.workers = tuple(workers)
+        self.isolation = isolation_lib.detect(config.require_os_sandbox,
+                                              config.user)
+        task.prepare()
+        processes = limits.processes or 256 + 8 * (os.cpu_count() or 1)
         self._init = {'task': base.task_to_spec(task),
-                      'limits': dataclasses.asdict(limits),
-                      'allowed_modules': sorted(allowed_modules),
-                      'write_dirs': write_dirs,
-                      'compilation_cache_dir': cache_dir}
-        self.num_workers = num_workers
-        self._idle: queue.SimpleQueue[WorkerProcess | None] = queue.SimpleQueue()
-        for _ in range(num_workers):
-            self._idle.put(None)  # Started lazily, on first use.
+                      # Each slot has a running worker and a spare starting.
+                      'limits': {**dataclasses.asdict(limits),
+                                 'processes': 2 * processes * len(self.workers)},
+                      'allowed_modules': sorted(allowed_modules)}
+        self._read_only = (_CODE_ROOT, *isolation_lib.python_paths(),
+                           task.data_dir)
+        self.log_dir = tempfile.mkdtemp(prefix='evoprompting-sandbox-')
+        # Workers are started on this one long-lived thread: the OS sandbox
+        # and PR_SET_PDEATHSIG kill a worker when the *thread* that started
+        # it ends, so not on the short-lived threads of `evaluate`.
+        self._launcher = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix='sandbox-launcher')
+        self._slots: queue.SimpleQueue[tuple[int, WorkerProcess | None]] = (
+            queue.SimpleQueue())
+        self._running: set[WorkerProcess] = set()  # Guarded by _lock.
+        self._lock = threading.Lock()
+        for i in range(len(self.workers)):
+            self._slots.put((i, None))  # Started on first use.
         self.startup_s: list[float] = []
         self._closed = False
 
-    def _start(self) -> WorkerProcess:
-        worker = WorkerProcess(self._init, self.limits, self.config, self.log_dir)
-        self.startup_s.append(worker.startup_s)
-        return worker
+    @property
+    def num_workers(self) -> int:
+        return len(self.workers)
 
-    def run_one(self, source: str, seed: int) -> base.EvalResult:
-        worker = self._idle.get()
+    def _start(self, slot: int) -> WorkerProcess:
+        return WorkerProcess(
+            lambda *a, **k: self._launcher.submit(
+                subprocess.Popen, *a, **k).result(),
+            init=self._init, limits=self.limits, isolation=self.isolation,
+            user=self.config.user, worker_devices=self.workers[slot],
+            read_only=self._read_only, log_dir=self.log_dir)
+
+    def run_one(self, source: str, seed: int,
+                cancel: threading.Event | None = None) -> base.EvalResult | None:
+        """Runs one program on a fresh worker of a free slot.
+
+        The slot's next worker is started as this one begins the program, so
+        its start-up overlaps the run; it touches no device until its own
+        program arrives, after this worker is gone. Returns None, running
+        nothing, if `cancel` is set before the program starts.
+        """
+        slot, worker = self._slots.get()
+        spare = None
         try:
             if worker is None:
-                worker = self._start()
-            result, alive = worker.run(source, seed)
-            if not alive:
-                worker.kill()
-                worker = None
-            return result
-        except BaseException:
-            if worker is not None:
-                worker.kill()
-            worker = None
-            raise
+                worker = self._start(slot)
+            worker.wait_ready()
+            self.startup_s.append(worker.startup_s)
+            if not self._closed:
+                spare = self._start(slot)
+            with self._lock:
+                if cancel is not None and cancel.is_set():
+                    return None
+                self._running.add(worker)
+            return worker.run(source, seed)
         finally:
-            self._idle.put(worker)
+            if worker is not None:
+                with self._lock:
+                    self._running.discard(worker)
+                worker.kill()
+            self._slots.put((slot, spare))
+
+    def _cancel(self, cancel: threading.Event) -> None:
+        """No program starts after this; running ones are killed."""
+        with self._lock:
+            cancel.set()
+            for worker in self._running:
+                worker.stop()
 
     def evaluate(self, sources: Sequence[str], seeds: Sequence[int],
                  on_result: ResultCallback | None = None
@@ -261,18 +425,30 @@ class WorkerPool:
         """Runs programs on the workers; results in the order of `sources`.
 
         `on_result(index, result)` is called in this thread as results arrive.
+        If this thread is interrupted (Ctrl-C: KeyboardInterrupt) or
+        `on_result` raises, queued programs are cancelled and running ones
+        killed at once; their results are never reported.
         """
         if len(sources) != len(seeds):
             raise ValueError('one seed per source')
         results: list[base.EvalResult | None] = [None] * len(sources)
-        with concurrent.futures.ThreadPoolExecutor(self.num_workers) as ex:
-            futures = {ex.submit(self.run_one, s, k): i
-                       for i, (s, k) in enumerate(zip(sources, seeds))}
+        ex = concurrent.futures.ThreadPoolExecutor(self.num_workers)
+        cancel = threading.Event()
+        futures = {ex.submit(self.run_one, s, k, cancel): i
+                   for i, (s, k) in enumerate(zip(sources, seeds))}
+        try:
             for future in concurrent.futures.as_completed(futures):
                 i = futures[future]
                 results[i] = future.result()
                 if on_result:
                     on_result(i, results[i])
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            self._cancel(cancel)
+            raise
+        finally:
+            ex.shutdown(wait=True)
         return results
 
     def close(self) -> None:
@@ -281,9 +457,10 @@ class WorkerPool:
             return
         self._closed = True
         for _ in range(self.num_workers):
-            worker = self._idle.get()
+            _, worker = self._slots.get()
             if worker is not None:
                 worker.kill()
+        self._launcher.shutdown()
         shutil.rmtree(self.log_dir, ignore_errors=True)
 
     def __enter__(self) -> WorkerPool:

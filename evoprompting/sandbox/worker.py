@@ -1,26 +1,35 @@
-"""The sandbox worker: a long-lived process that runs candidate programs.
+"""The sandbox worker: a process that runs one candidate program, then exits.
 
 Started by `evoprompting.sandbox.pool.WorkerPool` as
-`python -m evoprompting.sandbox.worker`; it imports JAX and prepares the task's
-data once, then evaluates one program per request. Protocol: one JSON object
-per line on stdin (requests) and on a private duplicate of the original stdout
-(replies). The process's own fd 1 is pointed at stderr, so nothing the program
-or a C library prints can corrupt the protocol.
+`python -m evoprompting.sandbox.worker`, under the OS sandbox where the host
+has one (`evoprompting.sandbox.isolation`). It imports JAX and prepares the
+task's data, says it is ready, waits for one program, runs it, replies and
+exits: no state of one program can reach another, since no process runs two.
+Protocol: one JSON object per line on stdin (requests) and on a private
+duplicate of the original stdout (replies). The process's own fd 1 is
+pointed at stderr, so nothing the program or a C library prints can corrupt
+the protocol.
 
     -> {"task": <task spec>, "limits": {...}, "allowed_modules": [...],
         "write_dirs": [...]}
     <- {"ready": true, "startup_s": float}
     -> {"source": str, "seed": int}
-    <- {"result": <EvalResult json>, "restart": bool}
+    <- {"result": <EvalResult json>}
 
-Defence in depth beyond the parent's AST validation:
+Defence in depth inside the process, beyond the parent's AST validation and
+the OS sandbox:
+  * started as root, it reads its data, then drops to the unprivileged
+    sandbox user before it says it is ready (`drop_privileges`);
+  * it dies with its parent (PR_SET_PDEATHSIG), whatever kills the parent;
   * `__import__` seen by the program admits only the allowed modules;
-  * an audit hook (PEP 578), active only while a program runs, refuses process
-    creation, sockets, ctypes, FFI loading, marshal/pickle loads, memory maps,
-    environment changes and any file write outside `write_dirs` (the JAX
-    compilation cache);
-  * limits set by the parent (address space, file size) plus a per-program CPU
-    time limit set here before each program.
+  * an audit hook (PEP 578), installed just before the program runs and never
+    removed, refuses process creation, sockets, ctypes, FFI loading,
+    marshal/pickle loads, memory maps, environment changes and any file
+    write outside `write_dirs` (the worker's scratch folder) for the rest of
+    the process's life: the result is formatted and sent under it too;
+  * limits set here before JAX is imported (address space, file size,
+    processes of the sandbox user, no core dumps) plus a CPU-time limit for
+    the program.
 """
 
 from __future__ import annotations
@@ -31,10 +40,11 @@ import dataclasses
 import json
 import os
 import resource
+import signal
 import sys
 import time
 import types
-from typing import Any, Iterator
+from typing import Any
 
 from evoprompting.tasks import base
 
@@ -70,11 +80,10 @@ class SandboxViolation(BaseException):
 
 
 class Guard:
-    """Run-time guard, armed only while a program runs."""
+    """The run-time guard: refuses audit events once `install`ed, for good."""
 
     def __init__(self, write_dirs: list[str]):
         self.write_dirs = [os.path.realpath(d) + os.sep for d in write_dirs]
-        self.armed = False
         self.violation = ''
 
     def _writable(self, path: Any) -> bool:
@@ -92,8 +101,6 @@ class Guard:
         raise SandboxViolation(self.violation)
 
     def hook(self, event: str, args: tuple[Any, ...]) -> None:
-        if not self.armed:
-            return
         if event in _REFUSED_EVENTS or event.startswith(_REFUSED_PREFIXES):
             self._refuse(event, '')
         elif event == 'open':
@@ -107,13 +114,9 @@ class Guard:
             if not all(self._writable(p) for p in paths):
                 self._refuse(event, f'({args[0]!r})')
 
-    @contextlib.contextmanager
-    def armed_while(self) -> Iterator[None]:
-        self.armed, self.violation = True, ''
-        try:
-            yield
-        finally:
-            self.armed = False
+    def install(self) -> None:
+        """Adds the audit hook; audit hooks cannot be removed (PEP 578)."""
+        sys.addaudithook(self.hook)
 
 
 class CappedText:
@@ -141,8 +144,15 @@ class CappedText:
         return ''.join(self.parts) + tail
 
 
+# Modules that the allowed libraries' C code imports while a program runs
+# (C-level imports go through the calling frame's `__import__`, here the
+# program's): numpy's float -> bfloat16 & co. dtype lookups.
+_IMPORTED_BY_LIBRARIES = frozenset({'ml_dtypes'})
+
+
 def _guarded_import(allowed: frozenset[str]):
     real_import = builtins.__import__
+    allowed = allowed | _IMPORTED_BY_LIBRARIES
 
     def guarded(name, globals=None, locals=None, fromlist=(), level=0):  # pylint: disable=redefined-builtin
         if level != 0 or not any(name == m or name.startswith(m + '.')
@@ -152,12 +162,12 @@ def _guarded_import(allowed: frozenset[str]):
     return guarded
 
 
-def _first_line(e: BaseException) -> str:
+def _describe(e: BaseException) -> str:
     return f'{type(e).__name__}: {base.first_line(e)}'
 
 
 class Worker:
-    """In-process half of the sandbox: executes one program at a time."""
+    """In-process half of the sandbox: executes one program."""
 
     def __init__(self, init: dict[str, Any]):
         self.task = base.task_from_spec(init['task'])
@@ -170,10 +180,7 @@ class Worker:
             self.builtins.pop(name, None)
         self.builtins['__import__'] = _guarded_import(
             frozenset(init['allowed_modules']))
-        import jax  # pylint: disable=g-import-not-at-top
-        self.jax_config = jax.config
         self.task.prepare()
-        sys.addaudithook(self.guard.hook)
 
     def _limit_cpu(self) -> None:
         usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -184,45 +191,38 @@ class Worker:
             soft = min(soft, hard)
         resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
 
-    def run(self, source: str, seed: int) -> tuple[base.EvalResult, bool]:
-        """Returns the result and whether this process should be replaced."""
+    def run(self, source: str, seed: int) -> base.EvalResult:
+        """Runs the program under the guard, which stays on afterwards."""
         sha = base.source_sha256(source)
         output = CappedText(int(self.limits['output_chars']))
-        restart = False
-        config_before = dict(self.jax_config.values)
         self._limit_cpu()
+        self.guard.install()
         try:
             with contextlib.redirect_stdout(output), \
-                    contextlib.redirect_stderr(output), \
-                    self.guard.armed_while():
+                    contextlib.redirect_stderr(output):
                 result = self._execute(source, seed)
         except SandboxViolation:
             result = base.EvalResult(Status.FORBIDDEN, self.guard.violation, sha)
         except base.ProgramFailure as f:
-            result = base.EvalResult(f.status, f.message, sha)
+            result = base.EvalResult(f.status, str(f.message), sha)
         except RecursionError as e:
             result = base.EvalResult(Status.BUILD_ERROR,
-                                     f'recursion too deep: {_first_line(e)}', sha)
+                                     f'recursion too deep: {_describe(e)}', sha)
         except BaseException as e:  # pylint: disable=broad-except
             if base.is_out_of_memory(e):
                 result = base.EvalResult(
-                    Status.OOM, f'out of memory: {_first_line(e)}', sha)
-                restart = True
+                    Status.OOM, f'out of memory: {_describe(e)}', sha)
             elif isinstance(e, (KeyboardInterrupt, SystemExit, GeneratorExit)):
                 result = base.EvalResult(
                     Status.FORBIDDEN,
                     f'program raised {type(e).__name__}', sha)
             else:
-                result = base.EvalResult(Status.CRASH, _first_line(e), sha)
+                result = base.EvalResult(Status.CRASH, _describe(e), sha)
         if self.guard.violation and result.status != Status.FORBIDDEN:
             # A program that caught the guard's exception is still refused.
             result = base.EvalResult(Status.FORBIDDEN, self.guard.violation, sha)
-            restart = True
-        # JAX settings a program left changed (e.g. inside a suspended
-        # generator) must not leak into the next program: start afresh.
-        restart = restart or dict(self.jax_config.values) != config_before
         return dataclasses.replace(result, source_sha256=sha,
-                                   output=output.getvalue()), restart
+                                   output=output.getvalue())
 
     def _execute(self, source: str, seed: int) -> base.EvalResult:
         # A real module: flax and dataclasses look classes' modules up in
@@ -251,21 +251,53 @@ class Worker:
                 raise
             raise base.ProgramFailure(
                 Status.BUILD_ERROR,
-                f'running the program failed: {_first_line(e)}') from None
+                f'running the program failed: {_describe(e)}') from None
         return self.task.run_program(namespace, seed)
 
 
 def set_process_limits(limits: dict[str, Any]) -> None:
-    """Address space, file size and core dumps of this process, for good.
+    """Address space, file size, processes and core dumps, for good.
 
     Set before JAX is imported and before any program runs; soft and hard
     limits are equal, and programs cannot call setrlimit (validator and
-    audit hook).
+    audit hook). The process limit counts every process and thread of this
+    uid, so it binds only for a user other than root: the OS sandbox's.
     """
     for kind, value in ((resource.RLIMIT_AS, int(limits['memory_mb']) << 20),
                         (resource.RLIMIT_FSIZE, int(limits['file_mb']) << 20),
+                        (resource.RLIMIT_NPROC, int(limits['processes'])),
                         (resource.RLIMIT_CORE, 0)):
         resource.setrlimit(kind, (value, value))
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """SIGKILL this process when its parent dies (Linux PR_SET_PDEATHSIG).
+
+    Exits at once if the parent is already gone. Under the OS sandbox bwrap
+    does the same for the whole PID namespace; this covers `process`
+    isolation.
+    """
+    import ctypes  # pylint: disable=g-import-not-at-top
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:
+        os._exit(1)  # pylint: disable=protected-access
+
+
+def drop_privileges(uid: int, gid: int) -> None:
+    """Becomes `uid`:`gid` for good: no supplementary groups, no capabilities
+    (they go with the switch away from uid 0), no new privileges on exec.
+    Every thread of the process switches (glibc applies set*id to all)."""
+    import ctypes  # pylint: disable=g-import-not-at-top
+    pr_set_no_new_privs = 38
+    os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    if ctypes.CDLL(None, use_errno=True).prctl(pr_set_no_new_privs, 1, 0, 0, 0):
+        raise OSError(ctypes.get_errno(), 'prctl(PR_SET_NO_NEW_PRIVS) failed')
+    if os.getuid() != uid or os.geteuid() != uid:
+        raise OSError(f'still uid {os.geteuid()} after dropping to {uid}')
 
 
 def main() -> None:
@@ -274,27 +306,35 @@ def main() -> None:
     sys.stdout = sys.stderr
     t0 = time.perf_counter()
     init = json.loads(sys.stdin.readline())
+    if init.get('parent_pid'):
+        die_with_parent(int(init['parent_pid']))
     set_process_limits(init['limits'])
-    cache_dir = init.get('compilation_cache_dir')
     import jax  # pylint: disable=g-import-not-at-top
-    if cache_dir:
-        jax.config.update('jax_compilation_cache_dir', cache_dir)
-        jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
-        jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+    jax.config.update('jax_enable_compilation_cache', False)
     worker = Worker(init)
+    if init.get('run_as'):
+        drop_privileges(*init['run_as'])
 
     def reply(obj: dict[str, Any]) -> None:
         proto_out.write(base.dumps(obj) + '\n')
         proto_out.flush()
 
-    reply({'ready': True, 'startup_s': time.perf_counter() - t0,
-           'devices': [str(d) for d in jax.devices()]})
-    for line in sys.stdin:
+    # No device is touched before the program arrives: a spare worker starts
+    # while the previous one still holds the devices.
+    reply({'ready': True, 'startup_s': time.perf_counter() - t0})
+    line = sys.stdin.readline()
+    if line:
         job = json.loads(line)
-        result, restart = worker.run(job['source'], int(job['seed']))
-        reply({'result': result.to_json(), 'restart': restart})
-        if restart:
-            break
+        jax.devices()  # The backend starts now, before the guard is on.
+        result = worker.run(job['source'], int(job['seed']))
+        try:
+            reply({'result': result.to_json()})
+        except ValueError as e:  # e.g. a metric that is not a finite number
+            reply({'result': base.EvalResult(
+                Status.CRASH, f'unreportable result: {_describe(e)}',
+                result.source_sha256).to_json()})
+    # No atexit handlers, no joining threads a program may have left.
+    os._exit(0)  # pylint: disable=protected-access
 
 
 if __name__ == '__main__':

@@ -56,6 +56,9 @@ class EvalResult:
         train_s: seconds spent running training and evaluation steps.
         source_sha256: hash of the exact source evaluated.
         output: what the program printed, capped.
+        isolation: what the program ran under: 'os' (the OS sandbox),
+            'process' (in-process guards only; see
+            `evoprompting.sandbox.isolation`), '' where no sandbox judged it.
     """
 
     status: Status
@@ -66,6 +69,7 @@ class EvalResult:
     compile_s: float = 0.0
     train_s: float = 0.0
     output: str = ''
+    isolation: str = ''
 
     @property
     def ok(self) -> bool:
@@ -123,8 +127,15 @@ class Task(Protocol):
     def seed_programs(self) -> list[SeedProgram]:
         """The seed population; each satisfies the contract."""
 
+    @property
+    def data_dir(self) -> str:
+        """The folder `prepare` fills and `run_program` reads. Sandbox
+        workers see it read-only."""
+
     def prepare(self) -> None:
-        """Loads or generates data once per worker, before any program runs."""
+        """Generates the data into `data_dir` (in the trusted parent, once,
+        before any worker starts) or loads it (in each worker, before its
+        program runs)."""
 
     def run_program(self, source: str, seed: int) -> EvalResult:
         """Builds, trains and scores `source`. Sandbox workers only: runs the code."""
@@ -187,12 +198,23 @@ class ProgramFailure(Exception):
 _OOM_MARKERS = ('RESOURCE_EXHAUSTED', 'Out of memory', 'bad_alloc')
 
 
+def _message(e: BaseException) -> str:
+    """`str(e)`, or a placeholder where a program's exception makes that
+    raise (its `__str__` is the program's code)."""
+    try:
+        text = str(e)
+    except BaseException:  # pylint: disable=broad-except
+        return '<the exception message could not be read>'
+    return text if isinstance(text, str) else ''
+
+
 def first_line(e: BaseException, limit: int = 300) -> str:
     """The first line of `e`'s message, at most `limit` characters."""
-    lines = str(e).strip().splitlines()
+    lines = _message(e).strip().splitlines()
     return lines[0][:limit] if lines else ''
 
 
 def is_out_of_memory(e: BaseException) -> bool:
     """Whether `e` reports exhausted memory (Python's or XLA's allocator)."""
-    return isinstance(e, MemoryError) or any(m in str(e) for m in _OOM_MARKERS)
+    return isinstance(e, MemoryError) or any(m in _message(e)
+                                             for m in _OOM_MARKERS)

@@ -209,6 +209,10 @@ class Mnist1dTask:
         return [base.SeedProgram(name, source)
                 for name, source in read_seeds('mnist1d')]
 
+    @property
+    def data_dir(self) -> str:
+        return self.data.cache_dir or default_cache_dir()
+
     def prepare(self) -> None:
         load_splits(self.data)
 
