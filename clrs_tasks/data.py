@@ -63,8 +63,9 @@ PRED_AS_INPUT_ALGOS = (
     'optimal_bst', 'activity_selector', 'task_scheduling',
     'naive_string_matcher', 'kmp_matcher', 'jarvis_march')
 LENGTH_NEEDLE = -8  # run.py's default: needle length random in 1..8.
-# Bump when the protocol changes, so stale caches are never read.
-_PROTOCOL_VERSION = 1
+# Bump when the protocol or the file layout changes, so stale caches are
+# never read.
+_PROTOCOL_VERSION = 2
 
 # A spec maps a probe name to (stage, location, type), as dm-clrs' specs do.
 Spec = Mapping[str, tuple[str, str, str]]
@@ -235,6 +236,45 @@ def cache_path(key: DatasetKey, cache_dir: str = '') -> str:
                         key.algorithm, key.file_name)
 
 
+def to_arrays(dataset: Dataset, prefix: str = '') -> dict[str, np.ndarray]:
+    """`dataset` as flat named arrays (no pickle: the spec and key as JSON
+    text), under `prefix`; `from_arrays` reads them back."""
+    arrays = {f'{prefix}spec': np.array(json.dumps(dataset.spec, sort_keys=True)),
+              f'{prefix}key': np.array(json.dumps(dataclasses.asdict(dataset.key))),
+              f'{prefix}lengths': dataset.lengths}
+    for stage, probes in (('input', dataset.inputs),
+                          ('output', dataset.outputs),
+                          ('hint', dataset.hints)):
+        arrays.update({f'{prefix}{stage}/{k}': v for k, v in probes.items()})
+    return arrays
+
+
+def from_arrays(arrays: Mapping[str, np.ndarray], prefix: str = '') -> Dataset:
+    """The dataset `to_arrays` wrote under `prefix`."""
+    spec = {k: tuple(v) for k, v in json.loads(str(arrays[f'{prefix}spec'])).items()}
+    stage = {'input': {}, 'output': {}, 'hint': {}}
+    for name in arrays:
+        if name.startswith(prefix):
+            kind, _, probe = name[len(prefix):].partition('/')
+            if kind in stage and probe:
+                stage[kind][probe] = np.asarray(arrays[name])
+    return Dataset(key=DatasetKey(**json.loads(str(arrays[f'{prefix}key']))),
+                   spec=spec, inputs=stage['input'], outputs=stage['output'],
+                   hints=stage['hint'],
+                   lengths=np.asarray(arrays[f'{prefix}lengths']))
+
+
+def redacted(dataset: Dataset) -> Dataset:
+    """`dataset` without its answers, for evaluation by untrusted code:
+    outputs zero, and hints zero after step 0 (the algorithm's initial
+    state, which the model is fed at evaluation; later steps it predicts)."""
+    return dataclasses.replace(
+        dataset,
+        outputs={k: np.zeros_like(v) for k, v in dataset.outputs.items()},
+        hints={k: np.concatenate([v[:1], np.zeros_like(v[1:])])
+               for k, v in dataset.hints.items()})
+
+
 def load_dataset(key: DatasetKey, cache_dir: str = '') -> Dataset:
     """Generates the dataset of `key`, or reads it from the .npz cache.
 
@@ -244,25 +284,11 @@ def load_dataset(key: DatasetKey, cache_dir: str = '') -> Dataset:
     path = cache_path(key, cache_dir)
     if os.path.exists(path):
         with np.load(path, allow_pickle=False) as f:
-            spec = {k: tuple(v) for k, v in json.loads(str(f['spec'])).items()}
-            stage = {'input': {}, 'output': {}, 'hint': {}}
-            for name in f.files:
-                prefix, _, probe = name.partition('/')
-                if prefix in stage:
-                    stage[prefix][probe] = f[name]
-            return Dataset(key=key, spec=spec, inputs=stage['input'],
-                           outputs=stage['output'], hints=stage['hint'],
-                           lengths=f['lengths'])
+            return from_arrays({k: f[k] for k in f.files})
     dataset = _from_feedback(key, *sample(key))
-    arrays = {'spec': np.array(json.dumps(dataset.spec, sort_keys=True)),
-              'lengths': dataset.lengths}
-    for prefix, probes in (('input', dataset.inputs),
-                           ('output', dataset.outputs),
-                           ('hint', dataset.hints)):
-        arrays.update({f'{prefix}/{k}': v for k, v in probes.items()})
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f'{path}.{os.getpid()}.tmp.npz'
-    np.savez(tmp, **arrays)
+    np.savez(tmp, **to_arrays(dataset))
     os.replace(tmp, path)
     return dataset
 

@@ -11,7 +11,9 @@ parameters of the best validation score.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Mapping
+
+import numpy as np
 
 from clrs_tasks import data as data_lib
 from clrs_tasks import processors
@@ -68,17 +70,40 @@ class ClrsTask:
                 for name, source in read_seeds('clrs')
                 if not self.seeds or name in self.seeds]
 
-    @property
-    def data_dir(self) -> str:
-        return self.data.cache_dir or default_cache_dir()
+    def private_paths(self) -> tuple[str, ...]:
+        # The data cache only: workers need dm-clrs' specs, and a CLRS answer
+        # is a known function of its inputs anyway. What hiding the answers
+        # guards is the score, which the parent computes.
+        return (self.data.cache_dir or default_cache_dir(),)
 
     def prepare(self) -> None:
         data_lib.load_splits(self.data)
 
-    def run_program(self, program: dict[str, Any], seed: int) -> base.EvalResult:
-        """Trains a model with `program['get_triplet_msgs']`. Workers only."""
+    def worker_inputs(self) -> dict[str, np.ndarray]:
+        """The training pools whole; validation and test sets redacted."""
         train_pools, val, test = data_lib.load_splits(self.data)
-        return train_lib.train_and_evaluate(
-            program.get('get_triplet_msgs'),
-            train_lib.Splits(train=train_pools, val=val, test=test),
-            self.train, max_params=self.max_params, seed=seed)
+        arrays = {}
+        for i, pool in enumerate(train_pools):
+            arrays.update(data_lib.to_arrays(pool, f'train{i}/'))
+        arrays.update(data_lib.to_arrays(data_lib.redacted(val), 'val/'))
+        arrays.update(data_lib.to_arrays(data_lib.redacted(test), 'test/'))
+        return arrays
+
+    def run_program(self, program: dict[str, Any], seed: int,
+                    inputs: Mapping[str, np.ndarray],
+                    report_validation: base.ReportValidation) -> base.Trained:
+        """Trains a model with `program['get_triplet_msgs']`. Workers only."""
+        pools = len(self.data.train_keys())
+        splits = train_lib.Splits(
+            train=[data_lib.from_arrays(inputs, f'train{i}/')
+                   for i in range(pools)],
+            val=data_lib.from_arrays(inputs, 'val/'),
+            test=data_lib.from_arrays(inputs, 'test/'))
+        return train_lib.train_and_predict(
+            program.get('get_triplet_msgs'), splits, self.train,
+            report_validation, max_params=self.max_params, seed=seed)
+
+    def score_predictions(self, split: str,
+                          predictions: Mapping[str, np.ndarray]) -> float:
+        _, val, test = data_lib.load_splits(self.data)
+        return train_lib.score({'val': val, 'test': test}[split], predictions)

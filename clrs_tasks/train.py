@@ -6,14 +6,20 @@ batch 32, the loss summed over outputs and hints, one training batch per
 step cycling through the training sizes, validation every `eval_every`
 steps, and the test split scored with the parameters of the best
 validation score. Losses and scores are masked, so padding graphs never
-count. Runs inside sandbox workers for generated programs.
+count.
+
+The judge is not in the trainer: `train_and_predict` (run inside sandbox
+workers for generated programs) sees validation and test sets without
+their answers (`data.redacted`) and reports hard output predictions;
+`score`, in the trusted parent, scores them against the outputs, and the
+parent's `judge.Judge` says which evaluation point to keep.
 
 Each program compiles init, one training step per training size and one
 prediction per evaluation set, all of them lowered before the first step and
 compiled on `compile_threads` threads (`compiling.Compiler`). `compile_s` is
 the wall-clock time of building the model, lowering those programs and
 waiting for their compiles; `train_s` is the rest (training steps,
-validation and test scoring).
+validation and test predictions).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from clrs_tasks import data as data_lib
 from clrs_tasks import metrics
 from clrs_tasks import model as model_lib
 from clrs_tasks import processors
+from evoprompting.sandbox import judge as judge_lib
 from evoprompting.tasks import base
 from evoprompting.tasks import compiling
 from evoprompting.tasks.classifier_training import batch_order
@@ -185,9 +192,14 @@ def _host_batch(dataset: data_lib.Dataset, rows: np.ndarray,
             dataset.arrays, dataset.spec, rows, num_graphs))
 
 
-def train_and_evaluate(triplet_fn: Any, splits: Splits, config: TrainConfig,
-                       *, max_params: int, seed: int) -> base.EvalResult:
-    """Trains the model with `triplet_fn`; returns an EvalResult (no hash).
+def train_and_predict(triplet_fn: Any, splits: Splits, config: TrainConfig,
+                      report_validation: base.ReportValidation, *,
+                      max_params: int, seed: int) -> base.Trained:
+    """Trains the model with `triplet_fn` on `splits` (whose validation and
+    test sets may be `data.redacted`: no answers are read). Every
+    `config.eval_every` steps and at the end it reports the hard output
+    predictions on the validation set; it keeps the parameters of the last
+    point `report_validation` accepts and predicts the test set with them.
 
     Raises ProgramFailure for programs that do not build, are too large or
     make the training loss or an evaluation's output predictions non-finite.
@@ -259,9 +271,9 @@ def train_and_evaluate(triplet_fn: Any, splits: Splits, config: TrainConfig,
     def eval_batch(dataset, rows):
         return _host_batch(dataset, rows, config.eval_batch_size)
 
-    def evaluate(params, dataset, step, split):
-        """Scores `params` on `dataset`; non-finite output predictions of
-        any real (not padding) graph make the program `nan`."""
+    def predict_set(params, dataset, step, split):
+        """Hard output predictions on `dataset`; non-finite output
+        predictions of any real (not padding) graph make the program `nan`."""
         preds = []
         for rows in data_lib.eval_batches(dataset.num_samples,
                                           config.eval_batch_size):
@@ -273,8 +285,7 @@ def train_and_evaluate(triplet_fn: Any, splits: Splits, config: TrainConfig,
                     Status.NAN, f'non-finite output predictions at step '
                     f'{step} on the {split} inputs')
             preds.append({k: v[:len(rows)] for k, v in out.items()})
-        stacked = {k: np.concatenate([p[k] for p in preds]) for k in preds[0]}
-        return metrics.score(spec, dataset.outputs, stacked)
+        return {k: np.concatenate([p[k] for p in preds]) for k in preds[0]}
 
     sizes = len(splits.train)
     orders = [batch_order(pool.num_samples, config.batch_size,
@@ -296,7 +307,7 @@ def train_and_evaluate(triplet_fn: Any, splits: Splits, config: TrainConfig,
                             eval_batch(dataset, first_rows))
         state = compiler.run('init', init_jit, 'once', sample)
         build_s = time.perf_counter() - t0 - compiler.seconds  # The model.
-        best = {'score': -np.inf, 'step': 0, 'params': None}
+        best_step, best_params = 0, None
         for step in range(config.num_steps):
             size = step % sizes
             batch = _host_batch(splits.train[size], orders[size][step // sizes],
@@ -309,20 +320,51 @@ def train_and_evaluate(triplet_fn: Any, splits: Splits, config: TrainConfig,
                     raise base.ProgramFailure(
                         Status.NAN,
                         f'non-finite training loss at step {step + 1}')
-                val = evaluate(state.params, splits.val, step + 1,
-                               'validation')['score']
-                if val > best['score']:
-                    best = {'score': val, 'step': step + 1,
-                            'params': jax.device_get(state.params)}
-        test = evaluate(best['params'], splits.test, best['step'], 'test')
+                val = predict_set(state.params, splits.val, step + 1,
+                                  'validation')
+                if report_validation(step + 1, val):
+                    best_step = step + 1
+                    best_params = jax.device_get(state.params)
+        test = predict_set(best_params, splits.test, best_step, 'test')
         compile_s = build_s + compiler.seconds
     total_s = time.perf_counter() - t0
-    return base.EvalResult(
-        status=Status.OK,
-        message=(f'val score {best["score"]:.4f} at step {best["step"]}, '
-                 f'test (n={splits.test.num_nodes}) {test["score"]:.4f}'),
-        source_sha256='', params=num_params,
-        metrics={'val_score': float(best['score']),
-                 'test_score': float(test['score']),
-                 'best_step': float(best['step'])},
-        compile_s=compile_s, train_s=total_s - compile_s)
+    return base.Trained(
+        param_shapes=tuple(tuple(x.shape) for x in
+                           jax.tree.leaves(variables['params'])),
+        best_step=best_step, test_predictions=test, compile_s=compile_s,
+        train_s=total_s - compile_s, final_train_loss=float(loss))
+
+
+def score(dataset: data_lib.Dataset,
+          predictions: Mapping[str, np.ndarray]) -> float:
+    """The mean output score (`metrics.score`) of hard output predictions
+    on `dataset`, against its outputs. Raises ValueError for predictions
+    that do not fit the dataset."""
+    truth = dataset.outputs
+    if set(predictions) != set(truth):
+        raise ValueError(f'predictions for {sorted(predictions)}, expected '
+                         f'{sorted(truth)}')
+    for name, want in truth.items():
+        if predictions[name].shape != want.shape:
+            raise ValueError(f'{name}: predictions {list(predictions[name].shape)}'
+                             f', expected {list(want.shape)}')
+        if not np.all(np.isfinite(predictions[name])):
+            raise ValueError(f'{name}: non-finite predictions')
+    return metrics.score(model_lib.model_spec(dataset), truth,
+                         predictions)['score']
+
+
+def train_and_evaluate(triplet_fn: Any, splits: Splits, config: TrainConfig,
+                       *, max_params: int, seed: int) -> base.EvalResult:
+    """`train_and_predict` on the redacted splits and its `judge.Judge`, in
+    one process: for tests and benchmarks of trusted code (no sandbox).
+    Returns an EvalResult without `source_sha256`."""
+    sets = {'val': splits.val, 'test': splits.test}
+    judge = judge_lib.Judge(lambda split, p: score(sets[split], p),
+                       ('val_score', 'test_score'), max_params)
+    trained = train_and_predict(
+        triplet_fn, dataclasses.replace(
+            splits, val=data_lib.redacted(splits.val),
+            test=data_lib.redacted(splits.test)),
+        config, judge, max_params=max_params, seed=seed)
+    return judge.verdict(trained)

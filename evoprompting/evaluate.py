@@ -36,7 +36,8 @@ from typing import Any
 from absl import app, flags
 import gin
 
-from evoprompting import evaluation, gin_utils
+from evoprompting import gin_utils
+from evoprompting.sandbox import evaluator
 from evoprompting.tasks import base
 
 # Each task's base gin file provides TASK, SANDBOX_LIMITS and WORKER_CONFIG.
@@ -57,11 +58,11 @@ flags.mark_flag_as_required('program')
 
 _ENTRY_CONFIG = '''
 from __gin__ import dynamic_registration
-from evoprompting import evaluation
-evaluation.evaluate_program.task = %TASK
-evaluation.evaluate_program.limits = %SANDBOX_LIMITS
-evaluation.evaluate_program.worker_config = %WORKER_CONFIG
-evaluation.evaluate_program.workers = %SANDBOX_WORKERS
+from evoprompting.sandbox import evaluator
+evaluator.evaluate_program.task = %TASK
+evaluator.evaluate_program.limits = %SANDBOX_LIMITS
+evaluator.evaluate_program.worker_config = %WORKER_CONFIG
+evaluator.evaluate_program.workers = %SANDBOX_WORKERS
 '''
 _GIVEN = ('source', 'seed')  # evaluate_program's arguments from flags.
 
@@ -118,16 +119,16 @@ def _configured_arguments(algorithm_bindings: list[str]) -> dict[str, Any]:
     try:
         # Builds the configured objects, so values they refuse (e.g. a
         # TrainConfig with num_steps = 0) are usage errors too.
-        kwargs = gin.get_bindings(evaluation.evaluate_program)
+        kwargs = gin.get_bindings(evaluator.evaluate_program)
     except Exception as e:  # pylint: disable=broad-except
         sys.exit(f'error: bad gin configuration: {type(e).__name__}: {e}')
-    parameters = inspect.signature(evaluation.evaluate_program).parameters
+    parameters = inspect.signature(evaluator.evaluate_program).parameters
     missing = [name for name, p in parameters.items() if name not in _GIVEN
                and any(kwargs.get(name, p.default) is unset
                        for unset in (p.empty, gin.REQUIRED))]
     if missing:
         sys.exit('error: bad gin configuration: no value for ' + ', '.join(
-            f'evaluation.evaluate_program.{name}' for name in missing))
+            f'evaluator.evaluate_program.{name}' for name in missing))
     return kwargs
 
 
@@ -206,7 +207,7 @@ def main(argv):
     configured = _configured_arguments(algorithm_bindings)
     # From here on every outcome is a result, printed by `report`.
     try:
-        result = evaluation.evaluate_program(**configured, source=source,
+        result = evaluator.evaluate_program(**configured, source=source,
                                              seed=FLAGS.seed)
     except Exception as e:  # pylint: disable=broad-except
         result = _crash(source, 'the evaluation failed', e)

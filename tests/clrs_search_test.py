@@ -104,7 +104,9 @@ def test_non_finite_triplet_messages_are_nan_and_the_worker_goes_on(sandbox,
          task.seed_programs()[0].source], [0, 0])
     assert nan.status == S.NAN and 'non-finite' in nan.message, nan.message
     assert seed.status == S.OK, seed.message
-    assert set(seed.metrics) == {'val_score', 'test_score', 'best_step'}
+    assert set(seed.metrics) == {'val_score', 'test_score', 'best_step',
+                                 'final_train_loss'}
+    assert isinstance(seed.metrics['best_step'], int)
 
 
 def test_prompts_end_with_the_triplet_opening(task):

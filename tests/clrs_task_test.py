@@ -1,10 +1,12 @@
 """clrs_tasks.task: the Task protocol for CLRS-30."""
 
+import numpy as np
 import pytest
 
 from clrs_tasks import data
 from clrs_tasks import task as task_lib
 from clrs_tasks import train
+from evoprompting.sandbox import judge as judge_lib
 from evoprompting.tasks import base
 
 
@@ -32,6 +34,47 @@ def _namespace(task, source):
     return namespace
 
 
+def _evaluate(task, source):
+    """The worker's and the judge's halves in this (trusted) process."""
+    task.prepare()
+    judge = judge_lib.judge_for(task)
+    trained = task.run_program(_namespace(task, source), 0,
+                               task.worker_inputs(), judge)
+    return judge.verdict(trained)
+
+
+def test_workers_get_no_answers_and_need_none(tmp_path):
+    task = _task(tmp_path)
+    task.prepare()
+    inputs = task.worker_inputs()
+    train_pools, val, test = data.load_splits(task.data)
+    for prefix, full in (('val/', val), ('test/', test)):
+        seen = data.from_arrays(inputs, prefix)
+        assert all(not v.any() for v in seen.outputs.values())
+        assert all(not v[1:].any() for v in seen.hints.values())
+        assert any(v.any() for v in full.outputs.values())
+    assert data.from_arrays(inputs, 'train0/').outputs.keys() == (
+        train_pools[0].outputs.keys())
+    # The answers never change what the model predicts.
+    fn = task.seed_programs()[0].source
+    runs = []
+    for splits in (train.Splits(train_pools, val, test),
+                   train.Splits(train_pools, data.redacted(val),
+                                data.redacted(test))):
+        reports = []
+        trained = train.train_and_predict(
+            _namespace(task, fn)['get_triplet_msgs'], splits, task.train,
+            lambda step, p: reports.append(p) or True, max_params=10**6,
+            seed=0)
+        runs.append((reports, trained.test_predictions))
+    for (reports, test_preds), (redacted_reports, redacted_test) in [runs]:
+        for a, b in zip(reports + [test_preds],
+                        redacted_reports + [redacted_test]):
+            assert a.keys() == b.keys()
+            for k in a:
+                np.testing.assert_array_equal(a[k], b[k])
+
+
 @pytest.mark.parametrize('source,message', [
     ('x = 1\n', 'defines no `get_triplet_msgs`'),
     ('get_triplet_msgs = 3\n', 'must be a function'),
@@ -43,7 +86,7 @@ def _namespace(task, source):
 def test_broken_programs_are_build_errors(tmp_path, source, message):
     task = _task(tmp_path)
     with pytest.raises(base.ProgramFailure, match=message) as info:
-        task.run_program(_namespace(task, source), seed=0)
+        _evaluate(task, source)
     assert info.value.status == base.Status.BUILD_ERROR
 
 
@@ -52,7 +95,7 @@ def test_too_large_before_training(tmp_path):
     task = task_lib.ClrsTask(data=task.data, train=task.train, max_params=10)
     source = task.seed_programs()[0].source
     with pytest.raises(base.ProgramFailure, match='exceed the cap') as info:
-        task.run_program(_namespace(task, source), seed=0)
+        _evaluate(task, source)
     assert info.value.status == base.Status.TOO_LARGE
 
 
@@ -80,5 +123,5 @@ def test_non_finite_predictions_at_evaluation_are_nan(tmp_path, sizes,
     task = _task(tmp_path)
     source = _NAN_AT_EVALUATION.format(sizes=set(sizes))
     with pytest.raises(base.ProgramFailure, match=message) as info:
-        task.run_program(_namespace(task, source), seed=0)
+        _evaluate(task, source)
     assert info.value.status == base.Status.NAN

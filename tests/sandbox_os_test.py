@@ -33,8 +33,8 @@ if os.environ.get('CI') == 'true':
     assert ISOLATION.level == isolation.OS, ISOLATION.detail
 pytestmark = pytest.mark.skipif(ISOLATION.level != isolation.OS,
                                 reason=f'no OS sandbox: {ISOLATION.detail}')
-_DROP = ('from evoprompting.sandbox import worker\n'
-         f'worker.drop_privileges({UID.uid}, {UID.gid})\n'
+_DROP = ('from evoprompting.sandbox import runner\n'
+         f'runner.drop_privileges({UID.uid}, {UID.gid})\n'
          if os.geteuid() == 0 else '')
 
 
@@ -82,6 +82,8 @@ def test_unprivileged_on_the_host():
 
 def test_filesystem_is_read_only_and_tmp_private(canary_dir):
     target = os.path.join(canary_dir, 'escaped')
+    host_tmp = tempfile.NamedTemporaryFile(prefix='evoprompting-host-',
+                                           dir='/tmp')
     out = escaped(f'''
         import os
         for path in ({target!r}, {os.path.join(pool._CODE_ROOT, 'escaped')!r},  # pylint: disable=protected-access
@@ -94,9 +96,12 @@ def test_filesystem_is_read_only_and_tmp_private(canary_dir):
         open('/tmp/private', 'w').write('x')
         print(sorted(os.listdir('/tmp')))
         ''')
+    host_tmp.close()
     assert 'WROTE' not in out.stdout, out
     assert out.stdout.count('refused') == 3, out
-    assert "['private']" in out.stdout
+    listing = out.stdout.splitlines()[-1]
+    assert "'private'" in listing
+    assert os.path.basename(host_tmp.name) not in listing  # The host's /tmp.
     assert not os.path.exists(target)
     assert not os.path.exists('/tmp/private')
 
@@ -181,7 +186,7 @@ def _sandboxed(cache: str) -> list[int]:
     """Pids of live processes whose environment names `cache` (workers get
     $EVOPROMPTING_CACHE, a marker a test makes unique)."""
     found = []
-    for pid in _alive('evoprompting.sandbox.worker'):
+    for pid in _alive('evoprompting.sandbox.runner'):
         try:
             with open(f'/proc/{pid}/environ', 'rb') as f:
                 if cache.encode() in f.read():

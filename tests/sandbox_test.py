@@ -11,10 +11,11 @@ import shutil
 import tempfile
 import textwrap
 
+import numpy as np
 import pytest
 
 from evoprompting import devices
-from evoprompting.sandbox import evaluator, pool, validator
+from evoprompting.sandbox import evaluator, isolation, pool, validator
 from evoprompting.tasks import base, mnist1d
 
 S = base.Status
@@ -63,7 +64,7 @@ def bare_pool(task, config):
     os/subprocess/socket/pathlib/ctypes: the worker's own run-time guards are
     all that stands between these programs and the machine."""
     modules = validator.DEFAULT_POLICY.allowed_modules | {
-        'os', 'subprocess', 'socket', 'pathlib', 'ctypes'}
+        'os', 'subprocess', 'socket', 'pathlib', 'ctypes', 'json'}
     with pool.WorkerPool(task, allowed_modules=modules, limits=LIMITS,
                          config=config) as p:
         yield p
@@ -287,3 +288,96 @@ def test_no_state_reaches_the_next_program(task, config):
         assert evaluate(s, leaky).status == S.OK
         assert evaluate(s, probe).status == S.OK
         assert len(s.pool.startup_s) == 2
+
+
+# An escaped program that speaks the worker's protocol itself: it writes
+# replies to the protocol's file descriptor (os.write is not audited) and
+# reads the judge's answers from stdin, then dies before the real worker
+# could answer. The judge must not believe a word it cannot check.
+
+def _forger(messages: str) -> str:
+    """A program sending `messages` (a Python list expression of dicts;
+    'VAL' in one stands for all-zero validation class predictions)."""
+    return textwrap.dedent(f'''
+        import json
+        import os
+        import numpy as np
+        import jax.numpy as jnp
+
+        class Model(nn.Module):
+            @nn.compact
+            def __call__(self, x):
+                return nn.Dense(10)(x)
+
+        def send(obj):
+            line = (json.dumps(obj) + "\\n").encode()
+            for fd in range(3, 10):
+                try:
+                    os.write(fd, line)
+                except OSError:
+                    pass
+
+        for message in {messages}:
+            send(message)
+            if "val" in message:
+                os.read(0, 100)  # The judge's answer.
+        os.abort()
+    ''')
+
+
+def _zeros_npz(rows: int) -> str:
+    return base.arrays_to_json({'class': np.zeros(rows, np.int8)})
+
+
+def test_forged_replies_are_not_believed(bare_pool, task):
+    splits = mnist1d.load_splits(task.data)
+    ok = {'result': {'status': 'ok', 'message': 'perfect', 'source_sha256': '',
+                     'params': 1, 'metrics': {'val_accuracy': 0.999,
+                                              'test_accuracy': 0.999}}}
+    result = bare_pool.run_one(_forger(repr([ok])), 0)
+    assert result.status == S.CRASH and 'without predictions' in result.message
+    assert not result.metrics
+
+    zeros_val = _zeros_npz(len(splits.val_y))
+    zeros_test = _zeros_npz(len(splits.test_y))
+    trained = {'param_shapes': [[1]], 'best_step': 8, 'compile_s': 0.0,
+               'train_s': 0.0, 'test_predictions': zeros_test}
+    # Test predictions with no validation report: nothing was judged.
+    result = bare_pool.run_one(_forger(repr([{'trained': trained}])), 0)
+    assert result.status == S.CRASH and 'best validation step' in result.message
+    # Reported predictions are scored against the labels, whatever is claimed:
+    # all zeros score the share of zeros, and a 1-parameter claim is counted.
+    val = {'val': {'step': 8, 'predictions': zeros_val}}
+    result = bare_pool.run_one(_forger(repr([val, {'trained': trained}])), 0)
+    assert result.status == S.OK, result.message
+    assert result.metrics['val_accuracy'] == np.mean(splits.val_y == 0)
+    assert result.metrics['test_accuracy'] == np.mean(splits.test_y == 0)
+    # Malformed evidence is a crash, not a score.
+    for bad in ({'val': {'step': 8, 'predictions': 'AAAA'}},
+                {'val': {'step': 'eight', 'predictions': zeros_val}},
+                {'val': {'step': 8, 'predictions': _zeros_npz(3)}}):
+        result = bare_pool.run_one(_forger(repr([bad])), 0)
+        assert result.status == S.CRASH, (bad, result)
+        assert not result.metrics
+
+
+def test_workers_never_see_labels(task):
+    inputs = task.worker_inputs()
+    assert sorted(inputs) == ['test_x', 'train_x', 'train_y', 'val_x']
+    # The label cache and the generator are hidden from workers.
+    hidden = task.private_paths()
+    assert task.data.cache_dir in hidden
+    assert any(p.endswith('mnist1d') for p in hidden)
+
+
+def test_without_bubblewrap_workers_fall_back_loudly(task, monkeypatch, capsys):
+    monkeypatch.setattr(isolation, '_probe', lambda user: isolation.Isolation(
+        isolation.PROCESS, 'bubblewrap (bwrap) is not installed'))
+    with evaluator.Sandbox(task, limits=LIMITS) as s:
+        assert 'WITHOUT OS isolation' in capsys.readouterr().err
+        result = evaluate(s, MLP)
+        refused = evaluate(s, 'import os\n' + MLP)
+    assert result.status == S.OK and result.isolation == 'process'
+    assert refused.status == S.FORBIDDEN and refused.isolation == ''
+    with pytest.raises(isolation.IsolationError, match='apt-get install'):
+        evaluator.Sandbox(task, config=pool.WorkerConfig(require_os_sandbox=True))

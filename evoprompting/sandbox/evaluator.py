@@ -1,13 +1,14 @@
-"""The sandbox as one object: validate in the parent, run in a worker.
+"""The sandbox as one object: validate in the parent, run in a worker, judge
+in the parent.
 
-`Sandbox.evaluate(sources, seeds)` is what the search and the `evaluate` CLI
-call. A program the validator refuses never reaches a worker; every outcome is
-an EvalResult with a status, never an exception.
+`Sandbox.evaluate(sources, seeds)` is what the search calls, and
+`evaluate_program` what the `evaluate` CLI calls. A program the validator
+refuses never reaches a worker; every outcome is an EvalResult with a
+status, never an exception.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from typing import Sequence
 
@@ -68,8 +69,7 @@ class Sandbox:
                                  [seeds[i] for i in runnable], on_result=report)
         for i, result in zip(runnable, ran):
             results[i] = result
-        return [dataclasses.replace(r, isolation=self.isolation.level)
-                for r in results]
+        return results
 
     def close(self) -> None:
         self.pool.close()
@@ -79,3 +79,14 @@ class Sandbox:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def evaluate_program(*, task: base.Task, limits: pool.Limits,
+                     worker_config: pool.WorkerConfig,
+                     workers: Sequence[devices.WorkerDevices], source: str,
+                     seed: int = 0) -> base.EvalResult:
+    """Evaluates one program in a fresh sandbox (the `evaluate` CLI's job;
+    the first of `workers`: one program needs one)."""
+    with Sandbox(task, limits=limits, config=worker_config,
+                 workers=list(workers)[:1]) as sandbox:
+        return sandbox.evaluate([source], [seed])[0]

@@ -9,7 +9,7 @@ command that starts it under that isolation.
     the sandbox with root's rights and no user namespace; the worker reads
     its data as root, then drops for good to `SandboxUser` (nobody, 65534,
     by default: no groups, no capabilities, no new privileges) before any
-    program runs (`evoprompting.sandbox.worker.drop_privileges`). A uid set
+    program runs (`evoprompting.sandbox.runner.drop_privileges`). A uid set
     inside a user namespace that root creates would still be root on the
     host (it can read /etc/shadow, and RLIMIT_NPROC does not bind it).
     Started by another user, bwrap runs unprivileged in a user namespace as
@@ -177,14 +177,16 @@ def _read_only_mounts(paths: Sequence[str]) -> list[str]:
 
 def wrap(argv: Sequence[str], *, isolation: Isolation,
          env: Mapping[str, str], read_only: Sequence[str] = (),
-         tmp_mb: int = 256, device_nodes: Sequence[str] = ()) -> list[str]:
+         hidden: Sequence[str] = (), tmp_mb: int = 256,
+         device_nodes: Sequence[str] = ()) -> list[str]:
     """The command that runs `argv` under `isolation`.
 
     Under `os` isolation `env` is the worker's whole environment (the
     parent's is cleared), /tmp (the worker's scratch space, also its working
-    folder) is a private tmpfs of `tmp_mb` MB, and every folder in
-    `read_only` is visible at its own path. Under `process` isolation `argv`
-    is returned as it is; the caller gives the process `env` itself.
+    folder) is a private tmpfs of `tmp_mb` MB, every path in `read_only` is
+    visible at its own path, and every folder in `hidden` is replaced by an
+    empty one (even inside a `read_only` folder). Under `process` isolation
+    `argv` is returned as it is; the caller gives the process `env` itself.
     """
     if isolation.level != OS:
         return list(argv)
@@ -198,6 +200,9 @@ def wrap(argv: Sequence[str], *, isolation: Isolation,
     for node in device_nodes:
         cmd += ['--dev-bind', node, node]
     cmd += _read_only_mounts(read_only)
+    for folder in hidden:
+        if os.path.isdir(folder):
+            cmd += ['--tmpfs', os.path.realpath(folder)]
     cmd += ['--chdir', '/tmp', '--clearenv']
     for key, value in sorted(env.items()):
         cmd += ['--setenv', key, value]

@@ -1,7 +1,7 @@
 """Sandbox worker processes: one fresh process per program, under the OS sandbox.
 
 The parent process never executes candidate code: it sends source text to a
-worker (`evoprompting.sandbox.worker`) and reads back an EvalResult. A worker
+worker (`evoprompting.sandbox.runner`) and reads back an EvalResult. A worker
 runs one program and exits, so nothing a program changes (module attributes,
 threads, JAX settings, files in its scratch space) reaches the next one; the
 next worker of each slot is started as soon as the previous program is done,
@@ -36,14 +36,18 @@ import threading
 import time
 from typing import Any, Callable, Sequence
 
+import numpy as np
+
 from evoprompting import devices, paths
 from evoprompting.sandbox import isolation as isolation_lib
+from evoprompting.sandbox import judge as judge_lib
 from evoprompting.tasks import base
 
 Status = base.Status
 # A worker whose protocol pipe closed is given this long to exit.
 _EXIT_GRACE_S = 10.0
 _EOF, _TIMED_OUT = 'eof', 'timed out'  # What `_receive` returns besides replies.
+_MAX_REPLY_BYTES = 1 << 28
 _CODE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
 # Parent variables a worker keeps (exact names and prefixes).
@@ -159,12 +163,14 @@ class WorkerProcess:
 
     def __init__(self, spawn: Callable[..., subprocess.Popen], *,
                  init: dict[str, Any], limits: Limits,
+                 new_judge: Callable[[], judge_lib.Judge],
                  isolation: isolation_lib.Isolation, user: isolation_lib.SandboxUser,
                  worker_devices: devices.WorkerDevices, read_only: Sequence[str],
-                 log_dir: str):
+                 hidden: Sequence[str], log_dir: str):
         """Starts the worker through `spawn` (`subprocess.Popen`, called on a
         long-lived thread: a worker dies with the thread that started it)."""
         self.limits = limits
+        self.new_judge = new_judge
         self.log = tempfile.NamedTemporaryFile(
             mode='w+b', dir=log_dir, prefix='worker-', suffix='.log',
             delete=False)
@@ -181,8 +187,8 @@ class WorkerProcess:
             init['parent_pid'] = os.getpid()
             env.update({'HOME': self.scratch, 'TMPDIR': self.scratch})
         argv = isolation_lib.wrap(
-            [sys.executable, '-m', 'evoprompting.sandbox.worker'],
-            isolation=isolation, env=env, read_only=read_only,
+            [sys.executable, '-m', 'evoprompting.sandbox.runner'],
+            isolation=isolation, env=env, read_only=read_only, hidden=hidden,
             tmp_mb=limits.file_mb, device_nodes=worker_devices.device_nodes)
         self.started = time.monotonic()
         self.proc = spawn(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -224,9 +230,9 @@ class WorkerProcess:
                 return _TIMED_OUT
             readable, _, _ = select.select([fd], [], [], min(left, 1.0))
             if readable:
-                line = self.proc.stdout.readline()
-                if not line:
-                    return _EOF
+                line = self.proc.stdout.readline(_MAX_REPLY_BYTES)
+                if not line or not line.endswith(b'\n'):
+                    return _EOF  # Dead, or a reply past the size limit.
                 try:
                     return json.loads(line)
                 except ValueError:
@@ -252,23 +258,28 @@ class WorkerProcess:
         self.wait_ready()
         log_start = os.path.getsize(self.log.name)
         sha = base.source_sha256(source)
+        deadline = time.monotonic() + self.limits.wall_s
+        judge = self.new_judge()
         try:
             self._send({'source': source, 'seed': seed})
             reply = self._receive(self.limits.wall_s)
+            while isinstance(reply, dict) and 'val' in reply:
+                self._send({'best': self._report(judge, reply['val'])})
+                reply = self._receive(deadline - time.monotonic())
         except OSError:
             reply = _EOF
+        except (KeyError, TypeError, ValueError) as e:
+            return base.EvalResult(
+                Status.CRASH, f'malformed validation report: '
+                f'{base.first_line(e)}', sha)
         if reply == _TIMED_OUT:
             self.kill()
             return base.EvalResult(
                 Status.TIMEOUT,
                 f'wall-clock limit of {self.limits.wall_s:g} s exceeded', sha)
         if reply != _EOF:
-            try:
-                result = base.EvalResult.from_json(reply['result'])
-            except (KeyError, TypeError, ValueError) as e:
-                return base.EvalResult(
-                    Status.CRASH, f'malformed worker reply: {e}', sha)
-            return dataclasses.replace(result, source_sha256=sha)
+            return dataclasses.replace(self._verdict(judge, reply),
+                                       source_sha256=sha)
         try:
             code = self.proc.wait(timeout=_EXIT_GRACE_S)
         except subprocess.TimeoutExpired:
@@ -284,6 +295,38 @@ class WorkerProcess:
                                      'RESOURCE_EXHAUSTED', 'Cannot allocate')):
             return base.EvalResult(Status.OOM, f'out of memory: {reason}', sha)
         return base.EvalResult(Status.CRASH, reason, sha)
+
+    @staticmethod
+    def _report(judge: judge_lib.Judge, report: Any) -> bool:
+        """Scores one validation report (ValueError if malformed)."""
+        step = report['step']
+        if not isinstance(step, int):
+            raise ValueError(f'step {step!r} is not an integer')
+        return judge(step, base.arrays_from_json(report['predictions']))
+
+    def _verdict(self, judge: judge_lib.Judge, reply: Any) -> base.EvalResult:
+        """The verdict on the final reply: a failure the worker reports
+        stands (a program only loses by it); test predictions are scored."""
+        try:
+            if 'trained' in reply:
+                result = judge.verdict(base.Trained.from_json(reply['trained']))
+                output = reply.get('output', '')
+                if not isinstance(output, str):
+                    raise ValueError('output is not text')
+                # The worker caps it (plus a note of what it dropped).
+                return dataclasses.replace(
+                    result, output=output[:self.limits.output_chars + 100])
+            result = base.EvalResult.from_json(reply['result'])
+            if result.status == Status.OK:
+                raise ValueError('an ok result without predictions')
+            # Only the status and what the worker saw are taken from it.
+            return base.EvalResult(result.status, str(result.message)[:2000],
+                                   '', output=str(result.output)[
+                                       :self.limits.output_chars + 100])
+        except (KeyError, TypeError, ValueError) as e:
+            return base.EvalResult(
+                Status.CRASH, f'malformed worker reply: {base.first_line(e)}',
+                '')
 
     def stop(self) -> None:
         """Sends SIGKILL to the worker and all it started (any thread may
@@ -330,8 +373,10 @@ class WorkerPool:
     `evaluate(sources, seeds)` runs programs on all slots at once and returns
     results in order. Programs must already have passed the validator (see
     `evoprompting.sandbox.evaluator.Sandbox`, which does both). The task's
-    data is prepared here, in the trusted parent, before any worker starts;
-    workers read it (`task.data_dir`) read-only.
+    data is prepared here, in the trusted parent; workers get only
+    `task.worker_inputs()` (no validation or test labels; the task's
+    `private_paths` are hidden from them) and return predictions, which the
+    pool judges (`judge.Judge`): the judge is not in the worker.
 
     Raises:
       isolation.IsolationError: `config.require_os_sandbox` and no OS sandbox.
@@ -347,15 +392,24 @@ class WorkerPool:
         self.isolation = isolation_lib.detect(config.require_os_sandbox,
                                               config.user)
         task.prepare()
+        self.log_dir = tempfile.mkdtemp(prefix='evoprompting-sandbox-')
+        # Workers that dropped to the sandbox user reach their scratch
+        # folders by path; nobody can list the folder.
+        os.chmod(self.log_dir, 0o711)
+        inputs_path = os.path.join(self.log_dir, 'inputs.npz')
+        np.savez(inputs_path, **task.worker_inputs())
+        os.chmod(inputs_path, 0o644)
+        self._new_judge = lambda: judge_lib.judge_for(task)
         processes = limits.processes or 256 + 8 * (os.cpu_count() or 1)
         self._init = {'task': base.task_to_spec(task),
+                      'inputs_path': inputs_path,
                       # Each slot has a running worker and a spare starting.
                       'limits': {**dataclasses.asdict(limits),
                                  'processes': 2 * processes * len(self.workers)},
                       'allowed_modules': sorted(allowed_modules)}
         self._read_only = (_CODE_ROOT, *isolation_lib.python_paths(),
-                           task.data_dir)
-        self.log_dir = tempfile.mkdtemp(prefix='evoprompting-sandbox-')
+                           inputs_path)
+        self._hidden = task.private_paths()
         # Workers are started on this one long-lived thread: the OS sandbox
         # and PR_SET_PDEATHSIG kill a worker when the *thread* that started
         # it ends, so not on the short-lived threads of `evaluate`.
@@ -378,9 +432,10 @@ class WorkerPool:
         return WorkerProcess(
             lambda *a, **k: self._launcher.submit(
                 subprocess.Popen, *a, **k).result(),
-            init=self._init, limits=self.limits, isolation=self.isolation,
-            user=self.config.user, worker_devices=self.workers[slot],
-            read_only=self._read_only, log_dir=self.log_dir)
+            init=self._init, limits=self.limits, new_judge=self._new_judge,
+            isolation=self.isolation, user=self.config.user,
+            worker_devices=self.workers[slot], read_only=self._read_only,
+            hidden=self._hidden, log_dir=self.log_dir)
 
     def run_one(self, source: str, seed: int,
                 cancel: threading.Event | None = None) -> base.EvalResult | None:
@@ -404,7 +459,8 @@ class WorkerPool:
                 if cancel is not None and cancel.is_set():
                     return None
                 self._running.add(worker)
-            return worker.run(source, seed)
+            return dataclasses.replace(worker.run(source, seed),
+                                       isolation=self.isolation.level)
         finally:
             if worker is not None:
                 with self._lock:

@@ -6,8 +6,12 @@ loop and the sandbox only ever see this protocol; gin picks the concrete task.
 
 Trust boundary: `Task.run_program` executes generated code and therefore is
 only ever called inside a sandbox worker process (see
-`evoprompting.sandbox.pool`). The parent process validates, schedules and
-records; it never runs candidate code.
+`evoprompting.sandbox.pool`). The parent process validates, schedules,
+judges and records; it never runs candidate code. The judge is not in the
+defendant's process: a worker gets `Task.worker_inputs` (training data and
+unlabelled validation and test inputs), returns a `Trained` record
+(parameter shapes and predictions at every evaluation point), and the parent
+scores it with `Task.score`, which alone holds the labels.
 
 Tasks are frozen dataclasses of plain values, so a task can be shipped to a
 worker as JSON (`task_to_spec` / `task_from_spec`) — no pickle.
@@ -15,13 +19,20 @@ worker as JSON (`task_to_spec` / `task_from_spec`) — no pickle.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import enum
 import hashlib
 import importlib
+import importlib.util
+import io
 import json
+import math
+import sys
 import typing
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
+
+import numpy as np
 
 
 class Status(str, enum.Enum):
@@ -58,7 +69,8 @@ class EvalResult:
         output: what the program printed, capped.
         isolation: what the program ran under: 'os' (the OS sandbox),
             'process' (in-process guards only; see
-            `evoprompting.sandbox.isolation`), '' where no sandbox judged it.
+            `evoprompting.sandbox.isolation`), '' if it never ran (the
+            validator refused it).
     """
 
     status: Status
@@ -91,6 +103,103 @@ class EvalResult:
                       'metrics': dict(d.get('metrics', {}))})
 
 
+def arrays_to_json(arrays: Mapping[str, np.ndarray]) -> str:
+    """Named arrays as one base64 .npz string (no pickle)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **{k: np.asarray(v) for k, v in arrays.items()})
+    return base64.b64encode(buffer.getvalue()).decode('ascii')
+
+
+def arrays_from_json(text: Any) -> dict[str, np.ndarray]:
+    """Inverse of `arrays_to_json` for untrusted text: numeric arrays only.
+    Raises ValueError."""
+    try:
+        raw = base64.b64decode(text, validate=True)
+        with np.load(io.BytesIO(raw), allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except (TypeError, ValueError, OSError, EOFError) as e:
+        raise ValueError(f'malformed arrays: {e}') from None
+    for name, array in arrays.items():
+        if array.dtype.kind not in 'biuf':
+            raise ValueError(f'array {name!r} holds {array.dtype}, not numbers')
+    return arrays
+
+
+@dataclasses.dataclass(frozen=True)
+class Trained:
+    """What a worker returns for a program it trained: evidence, not a verdict.
+
+    The worker has reported its validation predictions to the judge
+    (`evoprompting.sandbox.judge.Judge`) while training and kept the parameters of the point the judge chose.
+
+    Attributes:
+      param_shapes: the shape of every trained parameter array.
+      best_step: the evaluation point the judge chose (its last `True`).
+      test_predictions: the model's predictions on the test inputs at that
+        point (computed in passes of their own, never mixed with validation
+        inputs).
+      compile_s: seconds the worker spent compiling.
+      train_s: seconds of the training loop and the prediction passes.
+      final_train_loss: the last training loss (shown, never scored).
+    """
+
+    param_shapes: tuple[tuple[int, ...], ...]
+    best_step: int
+    test_predictions: Mapping[str, np.ndarray]
+    compile_s: float = 0.0
+    train_s: float = 0.0
+    final_train_loss: float = float('nan')
+
+    @property
+    def params(self) -> int:
+        return int(sum(np.prod(s, dtype=np.int64) for s in self.param_shapes))
+
+    def to_json(self) -> dict[str, Any]:
+        loss = self.final_train_loss
+        return {'param_shapes': [list(s) for s in self.param_shapes],
+                'best_step': self.best_step,
+                'test_predictions': arrays_to_json(self.test_predictions),
+                'compile_s': self.compile_s, 'train_s': self.train_s,
+                'final_train_loss': loss if math.isfinite(loss) else None}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Trained:
+        """Parses an untrusted record strictly. Raises ValueError."""
+        try:
+            shapes = tuple(tuple(int(n) for n in s) for s in d['param_shapes'])
+            best_step = int(d['best_step'])
+            timings = [float(d[k]) for k in ('compile_s', 'train_s')]
+            loss = d.get('final_train_loss')
+            loss = float('nan') if loss is None else float(loss)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f'malformed trained record: {e}') from None
+        if any(n < 0 for s in shapes for n in s):
+            raise ValueError('negative parameter dimension')
+        if not all(math.isfinite(t) and t >= 0 for t in timings):
+            raise ValueError(f'timings must be seconds: {timings}')
+        return cls(shapes, best_step, arrays_from_json(d['test_predictions']),
+                   *timings, loss)
+
+
+# What a worker calls at each evaluation point: judge(step, validation
+# predictions) -> whether they are the best so far (the parameters to keep).
+ReportValidation = Callable[[int, Mapping[str, np.ndarray]], bool]
+
+
+def package_dirs(*modules: str) -> tuple[str, ...]:
+    """The folders of installed top-level packages (imported or not)."""
+    folders = []
+    for name in modules:
+        module = sys.modules.get(name)
+        if module is not None:  # Maybe a stand-in without a spec.
+            folders.extend(getattr(module, '__path__', ()))
+            continue
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.submodule_search_locations:
+            folders.extend(spec.submodule_search_locations)
+    return tuple(folders)
+
+
 @dataclasses.dataclass(frozen=True)
 class SeedProgram:
     """A hand-written program that starts the search."""
@@ -103,6 +212,7 @@ class Task(Protocol):
     """What the search needs of a task. Implementations are frozen dataclasses."""
 
     name: str
+    max_params: int  # Larger programs are `too_large`.
 
     @property
     def contract(self) -> str:
@@ -127,18 +237,31 @@ class Task(Protocol):
     def seed_programs(self) -> list[SeedProgram]:
         """The seed population; each satisfies the contract."""
 
-    @property
-    def data_dir(self) -> str:
-        """The folder `prepare` fills and `run_program` reads. Sandbox
-        workers see it read-only."""
+    def private_paths(self) -> tuple[str, ...]:
+        """Folders that hold the labels or can make them (the data cache, the
+        dataset generator's package): hidden from workers."""
 
     def prepare(self) -> None:
-        """Generates the data into `data_dir` (in the trusted parent, once,
-        before any worker starts) or loads it (in each worker, before its
-        program runs)."""
+        """Generates or loads the data. The trusted parent only."""
 
-    def run_program(self, source: str, seed: int) -> EvalResult:
-        """Builds, trains and scores `source`. Sandbox workers only: runs the code."""
+    def worker_inputs(self) -> dict[str, np.ndarray]:
+        """What a worker may see: training data and the validation and test
+        inputs, never their labels. The trusted parent only."""
+
+    def run_program(self, program: dict[str, Any], seed: int,
+                    inputs: Mapping[str, np.ndarray],
+                    report_validation: ReportValidation) -> Trained:
+        """Builds and trains the program (`program`: its namespace) on
+        `inputs`, reporting its validation predictions at every evaluation
+        point and keeping the point `report_validation` picks; returns the
+        test predictions there. Sandbox workers only: runs the code. Raises
+        ProgramFailure for programs that fail."""
+
+    def score_predictions(self, split: str,
+                          predictions: Mapping[str, np.ndarray]) -> float:
+        """The objective's score ('val' or 'test' split, higher is better)
+        of `predictions` against the labels. The trusted parent only.
+        Raises ValueError for predictions that do not fit the data."""
 
 
 def task_to_spec(task: Task) -> dict[str, Any]:

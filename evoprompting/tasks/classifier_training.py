@@ -1,6 +1,8 @@
-"""Training and scoring of a candidate classifier (a flax.linen Module class).
+"""Training of a candidate classifier (a flax.linen Module class), and its scoring.
 
-Runs inside a sandbox worker: it instantiates and calls generated code.
+`train_and_predict` runs inside a sandbox worker: it instantiates and calls
+generated code, and sees no validation or test labels; it reports predicted
+classes, which `accuracy` scores in the trusted parent (`judge.Judge`).
 
 The contract checks come first, all on abstract values (`jax.eval_shape`,
 `jax.make_jaxpr`): the class must be a `flax.linen.Module`, construct without
@@ -38,7 +40,7 @@ without the GIL), so the compiles overlap the lowering and each other, and
 the evaluation's compile overlaps the first training calls. `compile_s` is the
 wall-clock time the evaluation waited for tracing and compiling (before
 training, and at the first validation if its compile was not done); `train_s`
-is the rest of the loop (training, validation and test scoring).
+is the rest of the loop (training, validation and test predictions).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import time
-from typing import Any, Collection
+from typing import Any, Collection, Mapping
 
 import flax
 import flax.linen as nn
@@ -57,6 +59,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from evoprompting.sandbox import judge as judge_lib
 from evoprompting.tasks import base
 from evoprompting.tasks import compiling
 
@@ -216,12 +219,22 @@ def batch_order(num_examples: int, batch_size: int, num_steps: int,
         num_steps, batch_size).astype(np.int32)
 
 
-def train_and_evaluate(model_cls: Any, splits: Any, config: Any, *,
-                       max_params: int, seed: int,
-                       num_classes: int) -> base.EvalResult:
-    """Trains `model_cls` on `splits` with `config` (a TrainConfig).
+def worker_inputs(splits: Any) -> dict[str, np.ndarray]:
+    """What a worker gets of `splits`: no validation or test labels."""
+    return {'train_x': splits.train_x, 'train_y': splits.train_y,
+            'val_x': splits.val_x, 'test_x': splits.test_x}
 
-    Returns an EvalResult without `source_sha256` (the worker fills it in).
+
+def train_and_predict(model_cls: Any, inputs: Mapping[str, np.ndarray],
+                      config: Any, report_validation: base.ReportValidation, *,
+                      max_params: int, seed: int,
+                      num_classes: int) -> base.Trained:
+    """Trains `model_cls` on `inputs` (`worker_inputs`) with `config` (a
+    TrainConfig). Every `config.eval_every` steps it reports the predicted
+    validation classes ({'class': int8 [n]}); where `report_validation` says
+    they are the best so far it predicts the test classes. Each split is
+    predicted in passes of its own.
+
     Raises ProgramFailure for contract violations, non-finite training
     losses and non-finite logits at an evaluation.
     """
@@ -233,7 +246,7 @@ def train_and_evaluate(model_cls: Any, splits: Any, config: Any, *,
     replicated = NamedSharding(mesh, P())
     by_batch = NamedSharding(mesh, P('data'))
 
-    num_features = splits.train_x.shape[1]
+    num_features = inputs['train_x'].shape[1]
     sample_x = jax.ShapeDtypeStruct((config.batch_size, num_features),
                                     jnp.float32)
     built = _build(model_cls, sample_x, num_classes)
@@ -297,16 +310,14 @@ def train_and_evaluate(model_cls: Any, splits: Any, config: Any, *,
         # unroll=True: straight-line steps, traced once.
         return jax.lax.scan(step, state, idx, unroll=plan.unrolled)
 
-    num_val = len(splits.val_x)
+    eval_batch = len(inputs['val_x'])
 
-    def evaluate(state, eval_x, eval_y):
-        """Validation and test accuracy, and whether each split's logits are
-        all finite; eval_x is val_x then test_x."""
-        logits, _ = apply(state.params, state.model_state, eval_x, False, None)
-        correct = jnp.argmax(logits, -1) == eval_y
-        finite = jnp.all(jnp.isfinite(logits), axis=-1)
-        return (jnp.mean(correct[:num_val]), jnp.mean(correct[num_val:]),
-                jnp.all(finite[:num_val]), jnp.all(finite[num_val:]))
+    def predict(state, x):
+        """Predicted classes of one batch, and whether its logits are all
+        finite (argmax would hide NaN)."""
+        logits, _ = apply(state.params, state.model_state, x, False, None)
+        return (jnp.argmax(logits, -1).astype(jnp.int32),
+                jnp.all(jnp.isfinite(logits)))
 
     # The compiled programs see the state as a flat list of arrays: their HLO,
     # and so the persistent compilation cache's key, then does not depend on
@@ -324,15 +335,18 @@ def train_and_evaluate(model_cls: Any, splits: Any, config: Any, *,
                                     data_x, data_y, idx)
         return jax.tree.leaves(state), losses
 
-    def evaluate_leaves(leaves, eval_x, eval_y):
-        return evaluate(jax.tree.unflatten(state_def, leaves), eval_x, eval_y)
+    def predict_leaves(leaves, x):
+        return predict(jax.tree.unflatten(state_def, leaves), x)
 
     to_device = lambda a: jax.device_put(a, replicated)
-    train_x, train_y = to_device(splits.train_x), to_device(splits.train_y)
-    # One forward pass over both splits: one trace and one compile.
-    eval_arrays = [to_device(np.concatenate([splits.val_x, splits.test_x])),
-                   to_device(np.concatenate([splits.val_y, splits.test_y]))]
-    order = batch_order(len(splits.train_x), config.batch_size,
+    train_x = to_device(inputs['train_x'])
+    train_y = to_device(inputs['train_y'])
+    # Each split in batches of the validation set's size, the last padded:
+    # one compile, and no batch mixes validation and test inputs.
+    eval_splits = {split: [to_device(b) for b in _batches(inputs[f'{split}_x'],
+                                                          eval_batch)]
+                   for split in ('val', 'test')}
+    order = batch_order(len(inputs['train_x']), config.batch_size,
                         config.num_steps, seed)
     order = order.reshape(-1, plan.steps_per_call, config.batch_size)
     seed_arg = np.uint32(seed)
@@ -343,7 +357,7 @@ def train_and_evaluate(model_cls: Any, splits: Any, config: Any, *,
     init_jit = jax.jit(init_leaves, out_shardings=replicated)
     chunk_jit = jax.jit(chunk_leaves, donate_argnums=0,
                         out_shardings=replicated)
-    evaluate_jit = jax.jit(evaluate_leaves)
+    predict_jit = jax.jit(predict_leaves)
     t0 = time.perf_counter()
     with compiling.Compiler(threads=3) as compiler:
         abstract_state = [
@@ -351,16 +365,28 @@ def train_and_evaluate(model_cls: Any, splits: Any, config: Any, *,
             for a in compiler.submit('init', init_jit, 'once', seed_arg)]
         chunk_args = (abstract_state, train_x, train_y, order[0])
         compiler.submit('train', chunk_jit, 'train', *chunk_args)
-        compiler.submit('evaluate', evaluate_jit, 'once', abstract_state,
-                        *eval_arrays)
+        compiler.submit('predict', predict_jit, 'once', abstract_state,
+                        eval_splits['val'][0])
         state = compiler.run('init', init_jit, 'once', seed_arg)
         chunk_fn = compiler.compiled('train', chunk_jit, 'train', *chunk_args)
         loop_start, waited_before = time.perf_counter(), compiler.seconds
 
-        best = (-1.0, 0.0, 0)  # (val_accuracy, test_accuracy, step)
+        best_step, test_classes = 0, None
         chunks_per_eval = config.eval_every // plan.steps_per_call
         pending_losses = []
         last_loss = float('nan')
+
+        def predict_split(split: str) -> np.ndarray:
+            outs = [jax.device_get(compiler.run(
+                'predict', predict_jit, 'once', state, b))
+                    for b in eval_splits[split]]
+            if not all(bool(finite) for _, finite in outs):
+                raise base.ProgramFailure(
+                    Status.NAN, f'non-finite logits at step {step} on the '
+                    f'{"validation" if split == "val" else "test"} inputs')
+            classes = np.concatenate([c for c, _ in outs])
+            return classes[:len(inputs[f'{split}_x'])].astype(np.int8)
+
         for c, idx in enumerate(order):
             state, losses = chunk_fn(state, train_x, train_y, idx)
             pending_losses.append(losses)
@@ -376,40 +402,52 @@ def train_and_evaluate(model_cls: Any, splits: Any, config: Any, *,
                         f'(non-finite) by step {step}')
                 last_loss = float(host_losses[-1])
             if (c + 1) % chunks_per_eval == 0:
-                val_acc, test_acc, val_finite, test_finite = (
-                    np.asarray(a) for a in compiler.run(
-                        'evaluate', evaluate_jit, 'once', state, *eval_arrays))
-                _check_finite_logits(step, bool(val_finite), bool(test_finite))
-                val_acc, test_acc = float(val_acc), float(test_acc)
-                if val_acc > best[0]:
-                    best = (val_acc, test_acc, step)
+                if report_validation(step, {'class': predict_split('val')}):
+                    best_step, test_classes = step, predict_split('test')
         # A wait for the evaluation's compile counts as compiling.
         waited = compiler.seconds - waited_before
         compile_s = loop_start - t0 + waited
         train_s = time.perf_counter() - loop_start - waited
 
-    val_acc, test_acc, best_step = best
-    return base.EvalResult(
-        status=Status.OK,
-        message=(f'best val_accuracy {val_acc:.4f} at step {best_step} '
-                 f'(test_accuracy {test_acc:.4f})'),
-        source_sha256='', params=num_params,
-        metrics={'val_accuracy': val_acc, 'test_accuracy': test_acc,
-                 'best_step': best_step, 'final_train_loss': last_loss},
-        compile_s=compile_s, train_s=train_s)
+    return base.Trained(
+        param_shapes=tuple(tuple(x.shape) for x in
+                           jax.tree.leaves(built.variables['params'])),
+        best_step=best_step, test_predictions={'class': test_classes},
+        compile_s=compile_s, train_s=train_s, final_train_loss=last_loss)
 
 
-def _check_finite_logits(step: int, val_finite: bool,
-                         test_finite: bool) -> None:
-    """Non-finite logits at an evaluation make the program `nan`, even with a
-    finite training loss (e.g. a layer dividing by a statistic of the batch
-    that is zero only for the evaluation inputs): argmax would hide them."""
-    splits = [name for name, finite in (('validation', val_finite),
-                                        ('test', test_finite)) if not finite]
-    if splits:
-        raise base.ProgramFailure(
-            Status.NAN, f'non-finite logits at step {step} on the '
-            f'{" and ".join(splits)} inputs')
+def _batches(x: np.ndarray, size: int) -> list[np.ndarray]:
+    """`x` in batches of `size` rows, the last padded with zeros."""
+    pad = -len(x) % size
+    x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
+    return [x[i:i + size] for i in range(0, len(x), size)]
+
+
+def accuracy(predictions: Mapping[str, np.ndarray],
+             labels: np.ndarray) -> float:
+    """Accuracy of predicted classes ({'class': [n] integers}). Raises
+    ValueError for predictions that do not fit `labels`."""
+    classes = predictions.get('class') if set(predictions) == {'class'} else None
+    if (classes is None or classes.shape != labels.shape
+            or classes.dtype.kind not in 'iu'):
+        raise ValueError(f'expected {{"class": integers {list(labels.shape)}}}, '
+                         f'got { {k: f"{v.dtype}{list(v.shape)}" for k, v in predictions.items()} }')
+    return float(np.mean(classes == labels))
+
+
+def train_and_evaluate(model_cls: Any, splits: Any, config: Any, *,
+                       max_params: int, seed: int,
+                       num_classes: int) -> base.EvalResult:
+    """`train_and_predict` and its `judge.Judge` in one process: for tests and
+    benchmarks of trusted code (no sandbox). Returns an EvalResult without
+    `source_sha256`."""
+    labels = {'val': splits.val_y, 'test': splits.test_y}
+    judge = judge_lib.Judge(lambda split, p: accuracy(p, labels[split]),
+                       ('val_accuracy', 'test_accuracy'), max_params)
+    trained = train_and_predict(model_cls, worker_inputs(splits), config,
+                                judge, max_params=max_params, seed=seed,
+                                num_classes=num_classes)
+    return judge.verdict(trained)
 
 
 def _reraise_oom(e: Exception) -> None:

@@ -29,7 +29,7 @@ import hashlib
 import json
 import os
 import random
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -209,18 +209,29 @@ class Mnist1dTask:
         return [base.SeedProgram(name, source)
                 for name, source in read_seeds('mnist1d')]
 
-    @property
-    def data_dir(self) -> str:
-        return self.data.cache_dir or default_cache_dir()
+    def private_paths(self) -> tuple[str, ...]:
+        return (self.data.cache_dir or default_cache_dir(),
+                *base.package_dirs('mnist1d'))
 
     def prepare(self) -> None:
         load_splits(self.data)
 
-    def run_program(self, program: dict[str, Any], seed: int) -> base.EvalResult:
-        """Builds `program['Model']`, trains it and scores it. Workers only."""
+    def worker_inputs(self) -> dict[str, np.ndarray]:
         from evoprompting.tasks import classifier_training  # pylint: disable=g-import-not-at-top
-        model_cls = program.get('Model')
+        return classifier_training.worker_inputs(load_splits(self.data))
+
+    def run_program(self, program: dict[str, Any], seed: int,
+                    inputs: Mapping[str, np.ndarray],
+                    report_validation: base.ReportValidation) -> base.Trained:
+        """Builds `program['Model']`, trains it, predicts. Workers only."""
+        from evoprompting.tasks import classifier_training  # pylint: disable=g-import-not-at-top
+        return classifier_training.train_and_predict(
+            program.get('Model'), inputs, self.train, report_validation,
+            max_params=self.max_params, seed=seed, num_classes=NUM_CLASSES)
+
+    def score_predictions(self, split: str,
+                          predictions: Mapping[str, np.ndarray]) -> float:
+        from evoprompting.tasks import classifier_training  # pylint: disable=g-import-not-at-top
         splits = load_splits(self.data)
-        return classifier_training.train_and_evaluate(
-            model_cls, splits, self.train, max_params=self.max_params,
-            seed=seed, num_classes=NUM_CLASSES)
+        labels = {'val': splits.val_y, 'test': splits.test_y}[split]
+        return classifier_training.accuracy(predictions, labels)

@@ -1,9 +1,9 @@
 """The sandbox worker: a process that runs one candidate program, then exits.
 
 Started by `evoprompting.sandbox.pool.WorkerPool` as
-`python -m evoprompting.sandbox.worker`, under the OS sandbox where the host
-has one (`evoprompting.sandbox.isolation`). It imports JAX and prepares the
-task's data, says it is ready, waits for one program, runs it, replies and
+`python -m evoprompting.sandbox.runner`, under the OS sandbox where the host
+has one (`evoprompting.sandbox.isolation`). It imports JAX and reads the
+task's worker inputs, says it is ready, waits for one program, runs it, replies and
 exits: no state of one program can reach another, since no process runs two.
 Protocol: one JSON object per line on stdin (requests) and on a private
 duplicate of the original stdout (replies). The process's own fd 1 is
@@ -11,10 +11,19 @@ pointed at stderr, so nothing the program or a C library prints can corrupt
 the protocol.
 
     -> {"task": <task spec>, "limits": {...}, "allowed_modules": [...],
-        "write_dirs": [...]}
+        "write_dirs": [...], "inputs_path": str, "run_as": [uid, gid]}
     <- {"ready": true, "startup_s": float}
     -> {"source": str, "seed": int}
-    <- {"result": <EvalResult json>}
+    <- {"val": {"step": int, "predictions": <base.arrays_to_json>}}
+    -> {"best": bool}                  (at every evaluation point; then)
+    <- {"trained": <base.Trained json>, "output": str}    (it trained), or
+       {"result": <EvalResult json>}                      (it failed)
+
+The worker never holds the validation or test labels (`inputs_path` holds
+`Task.worker_inputs`) and never reports a metric: the parent's judge
+(`evoprompting.sandbox.judge`) scores the validation predictions as they
+come, tells the worker which point to keep, and scores the test
+predictions of that point.
 
 Defence in depth inside the process, beyond the parent's AST validation and
 the OS sandbox:
@@ -45,6 +54,8 @@ import sys
 import time
 import types
 from typing import Any
+
+import numpy as np
 
 from evoprompting.tasks import base
 
@@ -169,8 +180,10 @@ def _describe(e: BaseException) -> str:
 class Worker:
     """In-process half of the sandbox: executes one program."""
 
-    def __init__(self, init: dict[str, Any]):
+    def __init__(self, init: dict[str, Any],
+                 report_validation: base.ReportValidation):
         self.task = base.task_from_spec(init['task'])
+        self.report_validation = report_validation
         self.limits = init['limits']
         self.guard = Guard(init.get('write_dirs', []))
         self.builtins = dict(vars(builtins))
@@ -180,7 +193,9 @@ class Worker:
             self.builtins.pop(name, None)
         self.builtins['__import__'] = _guarded_import(
             frozenset(init['allowed_modules']))
-        self.task.prepare()
+        # Read in full now, before the worker drops its privileges.
+        with np.load(init['inputs_path'], allow_pickle=False) as f:
+            self.inputs = {k: f[k] for k in f.files}
 
     def _limit_cpu(self) -> None:
         usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -191,8 +206,12 @@ class Worker:
             soft = min(soft, hard)
         resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
 
-    def run(self, source: str, seed: int) -> base.EvalResult:
-        """Runs the program under the guard, which stays on afterwards."""
+    def run(self, source: str, seed: int) -> dict[str, Any]:
+        """Runs the program under the guard, which stays on afterwards.
+
+        Returns the reply: {'trained': <base.Trained json>, 'output': str}
+        for a program that trained, else {'result': <EvalResult json>}.
+        """
         sha = base.source_sha256(source)
         output = CappedText(int(self.limits['output_chars']))
         self._limit_cpu()
@@ -200,7 +219,11 @@ class Worker:
         try:
             with contextlib.redirect_stdout(output), \
                     contextlib.redirect_stderr(output):
-                result = self._execute(source, seed)
+                trained = self._execute(source, seed)
+            if not self.guard.violation:
+                return {'trained': trained.to_json(),
+                        'output': output.getvalue()}
+            result = base.EvalResult(Status.FORBIDDEN, self.guard.violation, sha)
         except SandboxViolation:
             result = base.EvalResult(Status.FORBIDDEN, self.guard.violation, sha)
         except base.ProgramFailure as f:
@@ -221,10 +244,10 @@ class Worker:
         if self.guard.violation and result.status != Status.FORBIDDEN:
             # A program that caught the guard's exception is still refused.
             result = base.EvalResult(Status.FORBIDDEN, self.guard.violation, sha)
-        return dataclasses.replace(result, source_sha256=sha,
-                                   output=output.getvalue())
+        return {'result': dataclasses.replace(
+            result, source_sha256=sha, output=output.getvalue()).to_json()}
 
-    def _execute(self, source: str, seed: int) -> base.EvalResult:
+    def _execute(self, source: str, seed: int) -> base.Trained:
         # A real module: flax and dataclasses look classes' modules up in
         # sys.modules. It is removed again when the program is done.
         module = types.ModuleType(_PROGRAM_MODULE)
@@ -237,7 +260,7 @@ class Worker:
             del sys.modules[_PROGRAM_MODULE]
 
     def _execute_in(self, namespace: dict[str, Any], source: str,
-                    seed: int) -> base.EvalResult:
+                    seed: int) -> base.Trained:
         try:
             exec(self.task.preamble, namespace)  # pylint: disable=exec-used
             code = compile(source, '<candidate>', 'exec')
@@ -252,7 +275,8 @@ class Worker:
             raise base.ProgramFailure(
                 Status.BUILD_ERROR,
                 f'running the program failed: {_describe(e)}') from None
-        return self.task.run_program(namespace, seed)
+        return self.task.run_program(namespace, seed, self.inputs,
+                                     self.report_validation)
 
 
 def set_process_limits(limits: dict[str, Any]) -> None:
@@ -311,13 +335,19 @@ def main() -> None:
     set_process_limits(init['limits'])
     import jax  # pylint: disable=g-import-not-at-top
     jax.config.update('jax_enable_compilation_cache', False)
-    worker = Worker(init)
-    if init.get('run_as'):
-        drop_privileges(*init['run_as'])
 
     def reply(obj: dict[str, Any]) -> None:
         proto_out.write(base.dumps(obj) + '\n')
         proto_out.flush()
+
+    def report_validation(step: int, predictions: Any) -> bool:
+        reply({'val': {'step': int(step),
+                       'predictions': base.arrays_to_json(predictions)}})
+        return bool(json.loads(sys.stdin.readline())['best'])
+
+    worker = Worker(init, report_validation)
+    if init.get('run_as'):
+        drop_privileges(*init['run_as'])
 
     # No device is touched before the program arrives: a spare worker starts
     # while the previous one still holds the devices.
@@ -326,13 +356,12 @@ def main() -> None:
     if line:
         job = json.loads(line)
         jax.devices()  # The backend starts now, before the guard is on.
-        result = worker.run(job['source'], int(job['seed']))
         try:
-            reply({'result': result.to_json()})
-        except ValueError as e:  # e.g. a metric that is not a finite number
+            reply(worker.run(job['source'], int(job['seed'])))
+        except ValueError as e:  # e.g. a number that is not finite
             reply({'result': base.EvalResult(
                 Status.CRASH, f'unreportable result: {_describe(e)}',
-                result.source_sha256).to_json()})
+                base.source_sha256(job['source'])).to_json()})
     # No atexit handlers, no joining threads a program may have left.
     os._exit(0)  # pylint: disable=protected-access
 
