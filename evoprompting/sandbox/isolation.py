@@ -31,9 +31,12 @@ command that starts it under that isolation.
 
 `process` isolation (bubblewrap missing, or namespaces refused by the host):
 the worker runs as a plain child process with the in-process guards and
-rlimits only (started by root, it still drops to `SandboxUser`); it dies with
-its parent (PR_SET_PDEATHSIG, set by the worker), but processes it detaches
-can outlive it, and it sees the network and the whole filesystem. Callers say so loudly; `require_os_sandbox` makes it an error.
+rlimits only. Started by root, it still drops to `SandboxUser` where the
+code and Python are reachable for that user (else it stays root, and the
+isolation's detail says so). It dies with its parent (PR_SET_PDEATHSIG, set
+by the worker), but processes it detaches can outlive it, and it sees the
+network and the whole filesystem. Callers say so loudly;
+`require_os_sandbox` makes it an error.
 """
 
 from __future__ import annotations
@@ -149,6 +152,21 @@ def _hiding_folder(path: str) -> str:
         except OSError:
             return ''
     return ''
+
+
+def reachable_by_others(path: str) -> bool:
+    """Whether a user other than the owner can reach `path` (every folder
+    on the way lets others through), as a worker dropped to the sandbox
+    user must without the OS sandbox to bind it."""
+    parts = os.path.realpath(path).strip(os.sep).split(os.sep)
+    for i in range(1, len(parts) + 1):
+        try:
+            mode = os.stat(os.sep + os.path.join(*parts[:i])).st_mode
+        except OSError:
+            return False
+        if stat.S_ISDIR(mode) and not mode & stat.S_IXOTH:
+            return False
+    return True
 
 
 def _read_only_mounts(paths: Sequence[str]) -> list[str]:

@@ -164,11 +164,13 @@ class WorkerProcess:
     def __init__(self, spawn: Callable[..., subprocess.Popen], *,
                  init: dict[str, Any], limits: Limits,
                  new_judge: Callable[[], judge_lib.Judge],
-                 isolation: isolation_lib.Isolation, user: isolation_lib.SandboxUser,
+                 isolation: isolation_lib.Isolation,
+                 run_as: isolation_lib.SandboxUser | None,
                  worker_devices: devices.WorkerDevices, read_only: Sequence[str],
                  hidden: Sequence[str], log_dir: str):
         """Starts the worker through `spawn` (`subprocess.Popen`, called on a
-        long-lived thread: a worker dies with the thread that started it)."""
+        long-lived thread: a worker dies with the thread that started it);
+        it drops to `run_as` (None: it keeps this process's user)."""
         self.limits = limits
         self.new_judge = new_judge
         self.log = tempfile.NamedTemporaryFile(
@@ -177,9 +179,9 @@ class WorkerProcess:
         self.scratch = tempfile.mkdtemp(prefix='scratch-', dir=log_dir)
         env = worker_env(worker_devices, isolation.level)
         init = dict(init)
-        if os.geteuid() == 0:
-            init['run_as'] = [user.uid, user.gid]
-            os.chown(self.scratch, user.uid, user.gid)
+        if run_as is not None:
+            init['run_as'] = [run_as.uid, run_as.gid]
+            os.chown(self.scratch, run_as.uid, run_as.gid)
         if isolation.level == isolation_lib.OS:
             init['write_dirs'] = ['/tmp']  # Its private tmpfs.
         else:
@@ -409,6 +411,19 @@ class WorkerPool:
                       'allowed_modules': sorted(allowed_modules)}
         self._read_only = (_CODE_ROOT, *isolation_lib.python_paths(),
                            inputs_path)
+        # Root's workers drop to the sandbox user. Without the OS sandbox to
+        # bind them, the code and Python must be reachable for that user.
+        self._run_as = None
+        if os.geteuid() == 0:
+            if (self.isolation.level == isolation_lib.OS or all(
+                    map(isolation_lib.reachable_by_others, self._read_only))):
+                self._run_as = config.user
+            else:
+                self.isolation = dataclasses.replace(
+                    self.isolation, detail=(
+                        f'{self.isolation.detail}; workers run as root: the '
+                        f'code or Python is not reachable by uid '
+                        f'{config.user.uid}'))
         self._hidden = task.private_paths()
         # Workers are started on this one long-lived thread: the OS sandbox
         # and PR_SET_PDEATHSIG kill a worker when the *thread* that started
@@ -433,7 +448,7 @@ class WorkerPool:
             lambda *a, **k: self._launcher.submit(
                 subprocess.Popen, *a, **k).result(),
             init=self._init, limits=self.limits, new_judge=self._new_judge,
-            isolation=self.isolation, user=self.config.user,
+            isolation=self.isolation, run_as=self._run_as,
             worker_devices=self.workers[slot], read_only=self._read_only,
             hidden=self._hidden, log_dir=self.log_dir)
 
