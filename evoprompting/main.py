@@ -29,6 +29,7 @@ import sys
 
 from absl import app, flags, logging
 import gin
+import jax
 
 from evoprompting import devices, gin_utils, search, store
 from evoprompting.sandbox import isolation
@@ -70,7 +71,6 @@ def _git_revision() -> str:
 
 def run_metadata() -> dict:
     """Versions, devices and git revision of this run."""
-    import jax  # pylint: disable=g-import-not-at-top
     versions = {}
     for name in _PACKAGES:
         try:
@@ -130,6 +130,10 @@ def main(argv):
         gin_utils.parse(FLAGS.gin_file, FLAGS.gin_bindings)
         plan = gin.get_bindings(devices.worker_devices)['plan']
         host = devices.detect_host()
+        # The LM's share of the devices, before JAX starts its backends.
+        lm_env = devices.apply_lm_env(plan, host)
+        if 'JAX_PLATFORMS' in lm_env:  # JAX read the variable at import.
+            jax.config.update('jax_platforms', lm_env['JAX_PLATFORMS'])
         sandbox = isolation.detect(require_os_sandbox=False)
         print(devices.describe(plan, host), flush=True)
         print(f'Sandbox isolation: {sandbox.level} ({sandbox.detail})',
