@@ -48,10 +48,11 @@ gin_utils.parse(['gin/mnist1d/base.gin'], [
     'mnist1d.TrainConfig.eval_every = 100'])
 make = lambda name: gin.query_parameter(name).scoped_configurable_fn()
 task, limits, config = make('%TASK'), make('%SANDBOX_LIMITS'), make('%WORKER_CONFIG')
-try:
+import inspect
+if 'workers' in inspect.signature(evaluator.Sandbox).parameters:
     from evoprompting import devices
     extra = {'workers': [devices.CPU_WORKER] * workers}
-except ImportError:
+else:
     extra = {'num_workers': workers}
 sources = [s.source for s in task.seed_programs()]
 with evaluator.Sandbox(task, limits=limits, config=config, **extra) as box:
