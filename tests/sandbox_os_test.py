@@ -106,6 +106,42 @@ def test_filesystem_is_read_only_and_tmp_private(canary_dir):
     assert not os.path.exists('/tmp/private')
 
 
+def test_syscall_filter_denies_exec_sockets_ptrace_namespaces():
+    out = escaped('''
+        import ctypes, errno, os, socket, threading, time
+        from evoprompting.sandbox import runner
+        results = {}
+        def later():  # A thread that exists before the filter.
+            time.sleep(1)
+            try:
+                socket.socket()
+                results['thread socket'] = 'ALLOWED'
+            except OSError as e:
+                results['thread socket'] = errno.errorcode[e.errno]
+        thread = threading.Thread(target=later)
+        thread.start()
+        print('filter:', repr(runner.install_syscall_filter('cpu')))
+        libc = ctypes.CDLL(None, use_errno=True)
+        for name, call in (
+                ('socket', lambda: socket.socket()),
+                ('exec', lambda: os.execv('/bin/true', ['true'])),
+                ('ptrace', lambda: libc.ptrace(16, os.getppid(), 0, 0)),
+                ('unshare', lambda: libc.unshare(0x10000000))):
+            try:
+                value = call()
+                results[name] = ('ALLOWED' if value != -1 else
+                                 errno.errorcode[ctypes.get_errno()])
+            except OSError as e:
+                results[name] = errno.errorcode[e.errno]
+        thread.join()
+        print(sorted(results.items()))
+        ''')
+    assert "filter: ''" in out.stdout, out
+    assert 'ALLOWED' not in out.stdout, out.stdout
+    for name in ('exec', 'ptrace', 'socket', 'thread socket', 'unshare'):
+        assert f"('{name}', 'EPERM')" in out.stdout, out.stdout
+
+
 def test_no_network():
     listener = socket.socket()
     listener.bind(('127.0.0.1', 0))

@@ -41,6 +41,7 @@ network and the whole filesystem. Callers say so loudly;
 
 from __future__ import annotations
 
+import ctypes.util
 import dataclasses
 import functools
 import os
@@ -113,7 +114,17 @@ def _probe(user: SandboxUser) -> Isolation:
     who = (f'uid {user.uid}' if os.geteuid() == 0
            else f'uid {os.geteuid()} (this user)')
     return Isolation(OS, f'bubblewrap, {who}, no network, read-only '
-                         'filesystem, own PID namespace')
+                         f'filesystem, own PID namespace, {_seccomp()}')
+
+
+def _seccomp() -> str:
+    """Whether workers can install their seccomp filter."""
+    if ctypes.util.find_library('seccomp'):
+        return 'seccomp filter'
+    return 'no seccomp filter (libseccomp is not installed)'
+
+
+
 
 
 def detect(require_os_sandbox: bool,

@@ -30,6 +30,9 @@ the OS sandbox:
   * started as root, it reads its data, then drops to the unprivileged
     sandbox user before it says it is ready (`drop_privileges`);
   * it dies with its parent (PR_SET_PDEATHSIG), whatever kills the parent;
+  * a seccomp filter (libseccomp, where installed) denies ptrace, mounts,
+    namespaces, kernel modules, BPF and the like in every thread, and on
+    CPU also execve and sockets (`install_syscall_filter`);
   * `__import__` seen by the program admits only the allowed modules;
   * an audit hook (PEP 578), installed just before the program runs and never
     removed, refuses process creation, sockets, ctypes, FFI loading,
@@ -46,6 +49,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import dataclasses
+import errno
 import json
 import os
 import resource
@@ -309,6 +313,62 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(1)  # pylint: disable=protected-access
 
 
+# Denied everywhere: debugging other processes, kernel modules, namespaces,
+# mounts, BPF, perf, keyrings, userfaultfd. On CPU also new programs and
+# sockets, which XLA:CPU never needs (GPU compilers exec ptxas; libtpu talks
+# to its local mesh controller over sockets).
+_DENIED_SYSCALLS = (
+    'ptrace', 'process_vm_readv', 'process_vm_writev', 'kexec_load',
+    'kexec_file_load', 'init_module', 'finit_module', 'delete_module',
+    'mount', 'umount2', 'pivot_root', 'chroot', 'unshare', 'setns', 'bpf',
+    'perf_event_open', 'userfaultfd', 'keyctl', 'add_key', 'request_key',
+    'acct', 'swapon', 'swapoff', 'reboot', 'iopl', 'ioperm',
+    'open_by_handle_at', 'name_to_handle_at')
+_DENIED_ON_CPU = ('execve', 'execveat', 'socket')
+
+
+def install_syscall_filter(platform: str) -> str:
+    """Makes the denied system calls fail with EPERM in every thread of this
+    process, for good (a seccomp filter through libseccomp, if present).
+
+    Returns '' once installed, else why not (no libseccomp).
+    """
+    import ctypes  # pylint: disable=g-import-not-at-top
+    import ctypes.util  # pylint: disable=g-import-not-at-top
+    name = ctypes.util.find_library('seccomp')
+    if name is None:
+        return 'libseccomp is not installed'
+    lib = ctypes.CDLL(name, use_errno=True)
+    lib.seccomp_init.restype = ctypes.c_void_p
+    lib.seccomp_init.argtypes = [ctypes.c_uint32]
+    lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+    lib.seccomp_rule_add.argtypes = [ctypes.c_void_p, ctypes.c_uint32,
+                                     ctypes.c_int, ctypes.c_uint]
+    lib.seccomp_attr_set.argtypes = [ctypes.c_void_p, ctypes.c_int,
+                                     ctypes.c_uint32]
+    lib.seccomp_load.argtypes = [ctypes.c_void_p]
+    lib.seccomp_release.argtypes = [ctypes.c_void_p]
+    allow, deny = 0x7fff0000, 0x00050000 | errno.EPERM  # SCMP_ACT_ERRNO
+    tsync = 4  # SCMP_FLTATR_CTL_TSYNC: every thread, not only this one.
+    names = _DENIED_SYSCALLS + (_DENIED_ON_CPU if platform == 'cpu' else ())
+    context = lib.seccomp_init(allow)
+    try:
+        if lib.seccomp_attr_set(context, tsync, 1):
+            raise OSError('seccomp: cannot synchronise threads')
+        for syscall in names:
+            number = lib.seccomp_syscall_resolve_name(syscall.encode())
+            if number >= 0 and lib.seccomp_rule_add(context, deny, number, 0):
+                raise OSError(f'seccomp: cannot deny {syscall}')
+        # Loading a filter without CAP_SYS_ADMIN needs no_new_privs.
+        if ctypes.CDLL(None, use_errno=True).prctl(38, 1, 0, 0, 0):
+            raise OSError(ctypes.get_errno(), 'prctl(PR_SET_NO_NEW_PRIVS)')
+        if lib.seccomp_load(context):
+            raise OSError('seccomp: cannot load the filter')
+    finally:
+        lib.seccomp_release(context)
+    return ''
+
+
 def drop_privileges(uid: int, gid: int) -> None:
     """Becomes `uid`:`gid` for good: no supplementary groups, no capabilities
     (they go with the switch away from uid 0), no new privileges on exec.
@@ -355,7 +415,8 @@ def main() -> None:
     line = sys.stdin.readline()
     if line:
         job = json.loads(line)
-        jax.devices()  # The backend starts now, before the guard is on.
+        platform = jax.devices()[0].platform  # The backend starts now.
+        install_syscall_filter(platform)
         try:
             reply(worker.run(job['source'], int(job['seed'])))
         except ValueError as e:  # e.g. a number that is not finite
