@@ -22,14 +22,14 @@ SEARCH = ['--gin_file=gin/mnist1d/quick.gin', '--gin_file=gin/lm/tiny_random.gin
           '--gin_bindings=search.SearchConfig.alpha = 0.9']
 
 
-def command(workdir):
-    return [sys.executable, '-m', 'evoprompting.main', *SEARCH,
+def command(workdir, *extra):
+    return [sys.executable, '-m', 'evoprompting.main', *SEARCH, *extra,
             f'--workdir={workdir}']
 
 
-def run_to_end(workdir):
-    out = subprocess.run(command(workdir), capture_output=True, text=True,
-                         timeout=900, cwd=gin_utils.REPO_ROOT)
+def run_to_end(workdir, *extra):
+    out = subprocess.run(command(workdir, *extra), capture_output=True,
+                         text=True, timeout=900, cwd=gin_utils.REPO_ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stderr
 
@@ -63,14 +63,17 @@ def run_until(workdir, marker: str, sig=signal.SIGKILL) -> str:
 
 
 def records(workdir):
-    """The log in the search's order, without ids and timings."""
+    """The log in the search's order, without ids and timings: parents are
+    named by (round, proposal), since ids follow the order evaluations end."""
+    with open(os.path.join(workdir, 'candidates.jsonl')) as f:
+        log = [json.loads(line) for line in f]
+    name = {c['id']: (c['round'], c['proposal']) for c in log}
     out = []
-    for line in open(os.path.join(workdir, 'candidates.jsonl')):
-        c = json.loads(line)
+    for c in log:
         r = c['result']
-        out.append((c['round'], c['proposal'], c['source'], c['parents'],
-                    c['temperature'], r['status'], r['params'],
-                    r['metrics'].get('val_accuracy')))
+        out.append((c['round'], c['proposal'], c['source'],
+                    [name[p] for p in c['parents']], c['temperature'],
+                    r['status'], r['params'], r['metrics'].get('val_accuracy')))
     return sorted(out, key=lambda r: (r[0], r[1]))
 
 
@@ -93,6 +96,17 @@ def test_killed_run_resumes_without_loss_or_repeats(tmp_path):
         [(-1, i) for i in range(4)] + [(t, i) for t in (0, 1) for i in range(4)])
     # The saved proposals were evaluated, not sampled again.
     assert (tmp_path / 'rounds' / 'round_0.json').read_text() == proposals
+
+
+def test_two_workers_record_what_one_records(tmp_path, uninterrupted):
+    """Two sandbox workers evaluate concurrently (one forced CPU device
+    each); the records, by round and proposal, equal one worker's."""
+    run_to_end(str(tmp_path), '--gin_bindings=NUM_WORKERS = 2')
+    with open(os.path.join(tmp_path, 'run_metadata.json')) as f:
+        plan = json.load(f)['device_plan']
+    assert [w['description'] for w in plan['workers']] == [
+        'cpu, 1 host device'] * 2
+    assert records(str(tmp_path)) == uninterrupted
 
 
 @pytest.mark.slow
