@@ -103,6 +103,10 @@ class ClrsTask:
             program.get('get_triplet_msgs'), splits, self.train,
             report_validation, max_params=self.max_params, seed=seed)
 
+    @property
+    def evaluation_steps(self) -> tuple[int, ...]:
+        return self.train.evaluation_steps
+
     def score_predictions(self, split: str,
                           predictions: Mapping[str, np.ndarray]) -> float:
         _, val, test = data_lib.load_splits(self.data)

@@ -80,6 +80,12 @@ class TrainConfig:
     hint_teacher_forcing: float = 0.0
     compile_threads: int = 0
 
+    @property
+    def evaluation_steps(self) -> tuple[int, ...]:
+        """Every `eval_every` steps, and the last step."""
+        return tuple(s for s in range(1, self.num_steps + 1)
+                     if s % self.eval_every == 0 or s == self.num_steps)
+
     def __post_init__(self):
         for name in ('num_steps', 'batch_size', 'eval_every',
                      'eval_batch_size', 'hidden_dim', 'nb_triplet_fts'):
@@ -361,7 +367,8 @@ def train_and_evaluate(triplet_fn: Any, splits: Splits, config: TrainConfig,
     Returns an EvalResult without `source_sha256`."""
     sets = {'val': splits.val, 'test': splits.test}
     judge = judge_lib.Judge(lambda split, p: score(sets[split], p),
-                       ('val_score', 'test_score'), max_params)
+                            ('val_score', 'test_score'), max_params,
+                            config.evaluation_steps)
     trained = train_and_predict(
         triplet_fn, dataclasses.replace(
             splits, val=data_lib.redacted(splits.val),

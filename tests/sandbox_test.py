@@ -310,7 +310,8 @@ def _forger(messages: str) -> str:
                 return nn.Dense(10)(x)
 
         def send(obj):
-            line = (json.dumps(obj) + "\\n").encode()
+            text = obj if isinstance(obj, str) else json.dumps(obj)
+            line = (text + "\\n").encode()
             for fd in range(3, 10):
                 try:
                     os.write(fd, line)
@@ -319,7 +320,7 @@ def _forger(messages: str) -> str:
 
         for message in {messages}:
             send(message)
-            if "val" in message:
+            if isinstance(message, dict) and "val" in message:
                 os.read(0, 100)  # The judge's answer.
         os.abort()
     ''')
@@ -352,6 +353,19 @@ def test_forged_replies_are_not_believed(bare_pool, task):
     assert result.status == S.OK, result.message
     assert result.metrics['val_accuracy'] == np.mean(splits.val_y == 0)
     assert result.metrics['test_accuracy'] == np.mean(splits.test_y == 0)
+    # Claims the judge cannot accept: a report at a step that is not an
+    # evaluation point (no label oracle), zero parameters, a count that
+    # would overflow int64 (exact, so too large, never negative).
+    result = bare_pool.run_one(_forger(repr([
+        {'val': {'step': 3, 'predictions': zeros_val}}])), 0)
+    assert result.status == S.CRASH and 'evaluation point' in result.message
+    for shapes, status in (([[0]], S.CRASH), ([[2**63 - 1, 2]], S.TOO_LARGE)):
+        claim = {**trained, 'param_shapes': shapes}
+        result = bare_pool.run_one(_forger(repr([val, {'trained': claim}])), 0)
+        assert result.status == status, (shapes, result)
+    # A reply the parent's JSON parser cannot nest that deep.
+    result = bare_pool.run_one(_forger(repr(['[' * 100_000])), 0)
+    assert result.status == S.CRASH
     # Malformed evidence is a crash, not a score.
     for bad in ({'val': {'step': 8, 'predictions': 'AAAA'}},
                 {'val': {'step': 'eight', 'predictions': zeros_val}},
@@ -381,3 +395,22 @@ def test_without_bubblewrap_workers_fall_back_loudly(task, monkeypatch, capsys):
     assert refused.status == S.FORBIDDEN and refused.isolation == ''
     with pytest.raises(isolation.IsolationError, match='apt-get install'):
         evaluator.Sandbox(task, config=pool.WorkerConfig(require_os_sandbox=True))
+
+
+def test_half_a_reply_cannot_hang_the_parent(task):
+    """A worker that writes part of a line and stops is a timeout."""
+    limits = pool.Limits(wall_s=5, cpu_s=60, memory_mb=6144, startup_s=300)
+    modules = validator.DEFAULT_POLICY.allowed_modules | {'os', 'time'}
+    program = textwrap.dedent('''
+        import os
+        import time
+        for fd in range(3, 10):
+            try:
+                os.write(fd, b'{"val": ')
+            except OSError:
+                pass
+        time.sleep(600)
+    ''') + MLP
+    with pool.WorkerPool(task, allowed_modules=modules, limits=limits) as p:
+        result = p.run_one(program, 0)
+    assert result.status == S.TIMEOUT, result

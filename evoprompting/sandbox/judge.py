@@ -33,15 +33,22 @@ class Judge:
     """
 
     def __init__(self, score_predictions: ScorePredictions,
-                 objectives: Sequence[str], max_params: int):
+                 objectives: Sequence[str], max_params: int,
+                 steps: Sequence[int]):
+        """`steps`: the evaluation points of the training schedule; reports
+        at other steps are refused, so a worker gets at most one answer per
+        point (no label oracle)."""
         self.score_predictions = score_predictions
         self.objectives = tuple(objectives)
         self.max_params = max_params
+        self.steps = frozenset(steps)
         self.best_score = -math.inf
         self.best_step: int | None = None
         self.last_step = -math.inf
 
     def __call__(self, step: int, predictions: Mapping[str, np.ndarray]) -> bool:
+        if step not in self.steps:
+            raise ValueError(f'step {step} is not an evaluation point')
         if not step > self.last_step:
             raise ValueError(f'evaluation steps must increase: {step} after '
                              f'{self.last_step}')
@@ -56,6 +63,8 @@ class Judge:
 
     def verdict(self, trained: Trained) -> EvalResult:
         params = trained.params
+        if params <= 0:  # Zero-size parameters, or a forged claim.
+            raise ValueError(f'a model with {params} parameters')
         if params > self.max_params:  # The worker should have refused.
             return EvalResult(
                 Status.TOO_LARGE, f'{params:,} parameters exceed the cap of '
@@ -81,4 +90,5 @@ class Judge:
 
 def judge_for(task: base.Task) -> Judge:
     """A fresh judge of one program of `task`."""
-    return Judge(task.score_predictions, task.objectives, task.max_params)
+    return Judge(task.score_predictions, task.objectives, task.max_params,
+                 task.evaluation_steps)

@@ -198,6 +198,7 @@ class WorkerProcess:
                           start_new_session=True)
         self.ready = False
         self.startup_s = 0.0
+        self._pending = b''  # Bytes of the worker's next reply line.
         try:
             self._send(init)
         except OSError:
@@ -223,22 +224,31 @@ class WorkerProcess:
         self.proc.stdin.flush()
 
     def _receive(self, timeout: float) -> dict[str, Any] | str:
-        """The next reply, or `_EOF` (the worker died), or `_TIMED_OUT`."""
+        """The next reply, or `_EOF` (the worker died, or sent something that
+        is not one JSON line within the size limit), or `_TIMED_OUT`.
+
+        Reads the raw pipe against the deadline itself: a worker that writes
+        half a line and stops cannot make the parent wait past it.
+        """
         deadline = time.monotonic() + timeout
         fd = self.proc.stdout.fileno()
-        while True:
+        while b'\n' not in self._pending:
+            if len(self._pending) > _MAX_REPLY_BYTES:
+                return _EOF
             left = deadline - time.monotonic()
             if left <= 0:
                 return _TIMED_OUT
             readable, _, _ = select.select([fd], [], [], min(left, 1.0))
             if readable:
-                line = self.proc.stdout.readline(_MAX_REPLY_BYTES)
-                if not line or not line.endswith(b'\n'):
-                    return _EOF  # Dead, or a reply past the size limit.
-                try:
-                    return json.loads(line)
-                except ValueError:
+                chunk = os.read(fd, 1 << 20)
+                if not chunk:
                     return _EOF
+                self._pending += chunk
+        line, _, self._pending = self._pending.partition(b'\n')
+        try:
+            return json.loads(line)
+        except (ValueError, RecursionError):
+            return _EOF
 
     def _log_tail(self, start: int, lines: int = 6) -> str:
         with open(self.log.name, 'rb') as f:
@@ -270,10 +280,13 @@ class WorkerProcess:
                 reply = self._receive(deadline - time.monotonic())
         except OSError:
             reply = _EOF
-        except (KeyError, TypeError, ValueError) as e:
+        except Exception as e:  # pylint: disable=broad-except
+            # Whatever a report makes the judge raise (malformed arrays,
+            # overflow, memory), the program is a crash, never the search's.
+            self.kill()
             return base.EvalResult(
                 Status.CRASH, f'malformed validation report: '
-                f'{base.first_line(e)}', sha)
+                f'{type(e).__name__}: {base.first_line(e)}', sha)
         if reply == _TIMED_OUT:
             self.kill()
             return base.EvalResult(
@@ -325,10 +338,10 @@ class WorkerProcess:
             return base.EvalResult(result.status, str(result.message)[:2000],
                                    '', output=str(result.output)[
                                        :self.limits.output_chars + 100])
-        except (KeyError, TypeError, ValueError) as e:
+        except Exception as e:  # pylint: disable=broad-except
             return base.EvalResult(
-                Status.CRASH, f'malformed worker reply: {base.first_line(e)}',
-                '')
+                Status.CRASH, f'malformed worker reply: {type(e).__name__}: '
+                f'{base.first_line(e)}', '')
 
     def stop(self) -> None:
         """Sends SIGKILL to the worker and all it started (any thread may

@@ -152,7 +152,8 @@ class Trained:
 
     @property
     def params(self) -> int:
-        return int(sum(np.prod(s, dtype=np.int64) for s in self.param_shapes))
+        """Exact (Python integers: no overflow)."""
+        return sum(math.prod(s) for s in self.param_shapes)
 
     def to_json(self) -> dict[str, Any]:
         loss = self.final_train_loss
@@ -256,6 +257,10 @@ class Task(Protocol):
         point and keeping the point `report_validation` picks; returns the
         test predictions there. Sandbox workers only: runs the code. Raises
         ProgramFailure for programs that fail."""
+
+    @property
+    def evaluation_steps(self) -> tuple[int, ...]:
+        """The steps at which `run_program` reports validation predictions."""
 
     def score_predictions(self, split: str,
                           predictions: Mapping[str, np.ndarray]) -> float:

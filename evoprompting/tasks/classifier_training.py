@@ -443,7 +443,8 @@ def train_and_evaluate(model_cls: Any, splits: Any, config: Any, *,
     `source_sha256`."""
     labels = {'val': splits.val_y, 'test': splits.test_y}
     judge = judge_lib.Judge(lambda split, p: accuracy(p, labels[split]),
-                       ('val_accuracy', 'test_accuracy'), max_params)
+                            ('val_accuracy', 'test_accuracy'), max_params,
+                            config.evaluation_steps)
     trained = train_and_predict(model_cls, worker_inputs(splits), config,
                                 judge, max_params=max_params, seed=seed,
                                 num_classes=num_classes)

@@ -94,6 +94,10 @@ class TrainConfig:
     eval_every: int = 200
     steps_per_call: int = 1
 
+    @property
+    def evaluation_steps(self) -> tuple[int, ...]:
+        return tuple(range(self.eval_every, self.num_steps + 1, self.eval_every))
+
     def __post_init__(self):
         for name in ('num_steps', 'batch_size', 'eval_every', 'steps_per_call'):
             if getattr(self, name) <= 0:
@@ -228,6 +232,10 @@ class Mnist1dTask:
         return classifier_training.train_and_predict(
             program.get('Model'), inputs, self.train, report_validation,
             max_params=self.max_params, seed=seed, num_classes=NUM_CLASSES)
+
+    @property
+    def evaluation_steps(self) -> tuple[int, ...]:
+        return self.train.evaluation_steps
 
     def score_predictions(self, split: str,
                           predictions: Mapping[str, np.ndarray]) -> float:
