@@ -33,10 +33,10 @@ import pytest
 
 from evoprompting.sandbox import evaluator, isolation, pool, validator
 from evoprompting.tasks import base, mnist1d
+from sandbox_test import config, task  # pylint: disable=unused-import  (shared fixtures)
 
 S = base.Status
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = mnist1d.TrainConfig(num_steps=16, eval_every=8, steps_per_call=1)
 LIMITS = pool.Limits(wall_s=60, cpu_s=120, memory_mb=6144, startup_s=300,
                      output_chars=2000, file_mb=64)
 MLP = textwrap.dedent('''
@@ -50,18 +50,6 @@ MLP = textwrap.dedent('''
 ESCAPED_MODULES = {'os', 'stat', 'json', 'time', 'signal', 'socket', 'io',
                    'base64', 'zipfile', '_posixsubprocess', 'mnist1d',
                    'mnist1d.data'}
-
-
-@pytest.fixture(scope='module')
-def task(tmp_path_factory):
-    cache = str(tmp_path_factory.mktemp('cache'))
-    return mnist1d.Mnist1dTask(data=mnist1d.DataConfig(cache_dir=cache),
-                               train=TINY, max_params=200_000)
-
-
-@pytest.fixture(scope='module')
-def config():
-    return pool.WorkerConfig(require_os_sandbox=os.environ.get('CI') == 'true')
 
 
 @pytest.fixture(scope='module')
