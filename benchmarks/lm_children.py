@@ -18,18 +18,24 @@ temperatures {0.2, 0.6, 0.8, 1.0}, for each `--copy_weight` and
 `--copy_half_life` of the copy prior (`lm.sampler`; weight 0 = the plain LM).
 
 Per temperature:
-  * valid: the child parses, passes `sandbox.validator.validate`, and builds
-    under the MNIST-1D contract with output [batch, 10]. LM output is built
-    only in a child process (`--build_worker` mode of this script), never here;
-  * parent-conditioned: valid children that contain a layer configuration
+  * valid (of all samples): the child parses, passes the validator and
+    builds under the MNIST-1D contract with output [batch, 10]: each is
+    built in the project's sandbox like any candidate (`evaluator.Sandbox`,
+    a build-only request: validated, built on abstract values in a worker,
+    not trained), never in this process;
+  * a parent verbatim (of valid): children that repeat a parent (the same
+    program in the search's canonical form, `search.canonical`): no new
+    architecture, a duplicate the search would not train. The rates below
+    are of the *novel* valid children, the others, with the gross rate (of
+    all valid children, copies included) in brackets;
+  * parent-conditioned: children that contain a layer configuration
     (`corpus.layer_calls`: an `nn.<Layer>(...)` call with fields inlined)
-    that appears in the prompt's parents and in no seed program (nor, with
-    --corpus_dir, anywhere in the corpus). `control` is the same count
-    against the parents of a different prompt: the rate of chance matches;
-  * within 2x: valid children whose parameter count is within a factor 2 of
-    the prompt's target;
-  * a parent verbatim: valid children whose code is one of the parents'
-    (same AST): no new architecture, a wasted evaluation in a search.
+    that appears in the prompt's parents and in no seed program nor, with
+    --corpus_dir, anywhere in the corpus (without it the corpus is not
+    checked, and the output says so). `control` is the same count against
+    the parents of a different prompt: the rate of chance matches;
+  * within 2x: children whose parameter count is within a factor 2 of the
+    prompt's target.
 Ends with one SUMMARY line (all temperatures pooled, per setting).
 """
 
@@ -38,9 +44,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import glob
-import json
 import os
-import subprocess
 import sys
 import time
 
@@ -60,34 +64,25 @@ flags.DEFINE_enum('order', 'nearest_last', ['nearest_last', 'drawn', 'nearest_fi
                   '(as the search), as drawn, or nearest first (a control).')
 flags.DEFINE_integer('max_new_tokens', 384, 'Tokens per child at most.')
 flags.DEFINE_integer('seed', 0, 'Seed of the parents and of sampling.')
-flags.DEFINE_bool('build_worker', False, 'Internal: build JSON sources from stdin.')
+flags.DEFINE_integer('num_workers', 2, 'Sandbox workers that build children.')
 
 TEMPERATURES = (0.2, 0.6, 0.8, 1.0)
 PARENT_SEED_OFFSET = 1_000_003  # Parents never come from the corpus' seeds.
 
 
-def build_worker() -> None:
-    """Child process: builds each validated source; prints one JSON per line."""
-    from evoprompting import corpus  # pylint: disable=g-import-not-at-top
-    for line in sys.stdin:
-        source = json.loads(line)
-        print(json.dumps(corpus.build(source)), flush=True)
-
-
-def build_in_subprocess(sources: list[str]) -> list[int | None]:
-    if not sources:
-        return []
-    out = subprocess.run(
-        [sys.executable, os.path.abspath(__file__), '--build_worker'],
-        input=''.join(json.dumps(s) + '\n' for s in sources), text=True,
-        capture_output=True, timeout=1800, check=True,
-        env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
-    return [json.loads(line) for line in out.stdout.splitlines()]
-
-
-def _ast_key(code: str) -> str:
-    """`code` up to formatting and comments (its AST dump)."""
-    return ast.dump(ast.parse(code))
+def build_in_sandbox(children: list[str]) -> list[int | None]:
+    """The parameter count of each child program that is valid (validated
+    and built in the sandbox, not trained), else None."""
+    from evoprompting import devices  # pylint: disable=g-import-not-at-top
+    from evoprompting.sandbox import evaluator, pool  # pylint: disable=g-import-not-at-top
+    from evoprompting.tasks import mnist1d  # pylint: disable=g-import-not-at-top
+    task = mnist1d.Mnist1dTask(data=mnist1d.DataConfig(generator_seed=42))
+    sources = [mnist1d.PREAMBLE + child for child in children]
+    with evaluator.Sandbox(task, limits=pool.Limits(wall_s=120, cpu_s=240),
+                           workers=[devices.CPU_WORKER] * FLAGS.num_workers
+                           ) as sandbox:
+        results = sandbox.evaluate(sources, [0] * len(sources), build_only=True)
+    return [r.params if r.ok else None for r in results]
 
 
 def corpus_layers(corpus_dir: str) -> tuple[set[str], set[str]]:
@@ -106,18 +101,17 @@ def corpus_layers(corpus_dir: str) -> tuple[set[str], set[str]]:
 
 def main(argv):
     del argv
-    if FLAGS.build_worker:
-        build_worker()
-        return
     import jax  # pylint: disable=g-import-not-at-top
-    from evoprompting import corpus, prompts  # pylint: disable=g-import-not-at-top
-    from evoprompting.sandbox import validator  # pylint: disable=g-import-not-at-top
+    from evoprompting import corpus, prompts, search  # pylint: disable=g-import-not-at-top
     from evoprompting.tasks import mnist1d  # pylint: disable=g-import-not-at-top
-    from lm import checkpoints, serving  # pylint: disable=g-import-not-at-top
+    from lm import checkpoints  # pylint: disable=g-import-not-at-top
+
+    def canonical(code: str) -> str:
+        return search.canonical(code, mnist1d.PREAMBLE)
 
     start = time.time()
     if FLAGS.checkpoint == 'default':
-        lm = serving.load_default()
+        lm = checkpoints.load_default()
     else:
         lm = checkpoints.load_exported(FLAGS.checkpoint)
     print(f'model: {FLAGS.checkpoint}, loaded in {time.time() - start:.1f} s, '
@@ -129,6 +123,9 @@ def main(argv):
         layers, seen_programs = corpus_layers(FLAGS.corpus_dir)
         known |= layers
         print(f'corpus: {len(seen_programs)} programs, {len(layers)} layer configs')
+    else:
+        print('corpus NOT checked (no --corpus_dir): parent-conditioned layers '
+              'are checked against the seeds only')
 
     rng = np.random.default_rng(FLAGS.seed + PARENT_SEED_OFFSET)
     room = lm.config.max_len - FLAGS.max_new_tokens
@@ -151,7 +148,7 @@ def main(argv):
             continue  # Too long for the context with room for a child.
         own = set().union(*(corpus.layer_calls(p.code) for p in pair)) - known
         cases.append({'prompt': text, 'target': target.num_params, 'own': own,
-                      'parents': {_ast_key(p.code) for p in pair}})
+                      'parents': {canonical(p.code) for p in pair}})
     if len(cases) < FLAGS.num_prompts:
         sys.exit(f'error: only {len(cases)} prompts fit the context with room for '
                  f'{FLAGS.max_new_tokens} new tokens')
@@ -172,7 +169,7 @@ def main(argv):
                                max_new_tokens=FLAGS.max_new_tokens,
                                temperatures=temps, rng=jax.random.key(FLAGS.seed))
         sample_s = time.time() - tic
-        rows = []  # (case index, temperature, child source, validator ok)
+        rows = []  # (case index, temperature, child source, parses)
         for i, completions in enumerate(texts):
             for t, completion in zip(temps, completions):
                 child = prompts.child_source(corpus.OPENING, completion)
@@ -181,38 +178,43 @@ def main(argv):
                     parses = True
                 except SyntaxError:
                     parses = False
-                ok = parses and validator.validate(mnist1d.PREAMBLE + child) is None
-                rows.append((i, t, child, parses, ok))
-        sizes = iter(build_in_subprocess([r[2] for r in rows if r[4]]))
-        built = [next(sizes) if r[4] else None for r in rows]
+                rows.append((i, t, child, parses))
+        built = build_in_sandbox([r[2] for r in rows])
         print(f'\n{name}: {len(rows)} samples in {sample_s:.0f} s')
-        print('temperature | parse | valid | parent-conditioned (of valid) | '
-              'control | within 2x (of valid) | a parent verbatim (of valid)')
+        print('temperature | parse | valid | a parent verbatim (of valid) | '
+              'parent-conditioned, novel (gross) | control | '
+              'within 2x, novel (gross)')
         pooled = ()
         for t in (*TEMPERATURES, 'all'):
             picked = [(r, n) for r, n in zip(rows, built) if t == 'all' or r[1] == t]
             valid = [(r, n) for r, n in picked if n is not None]
-            cond = ctrl = near = same = 0
-            for (i, _, child, _, _), n in valid:
-                same += _ast_key(child) in cases[i]['parents']
+            copies = [canonical(r[2]) in cases[r[0]]['parents'] for r, _ in valid]
+            # Per valid child: (novel, parent-conditioned, control, within 2x).
+            judged = []
+            for ((i, _, child, _), n), copy in zip(valid, copies):
                 layers = corpus.layer_calls(child)
-                cond += bool(layers & cases[i]['own'])
                 other = cases[(i + 1) % len(cases)]['own'] - cases[i]['own']
-                ctrl += bool(layers & other)
-                near += 0.5 <= n / cases[i]['target'] <= 2.0
-            nv = max(1, len(valid))
+                judged.append((not copy, bool(layers & cases[i]['own']),
+                               bool(layers & other),
+                               0.5 <= n / cases[i]['target'] <= 2.0))
+            novel = [f for f in judged if f[0]]
+            share = lambda items, k: sum(f[k] for f in items) / max(1, len(items))
+            rates = (len(valid) / len(picked), sum(copies) / max(1, len(valid)),
+                     share(novel, 1), share(judged, 1), share(novel, 2),
+                     share(novel, 3), share(judged, 3))
             print(f'{t!s:>11} | {sum(r[3] for r, _ in picked) / len(picked):5.0%} | '
-                  f'{len(valid) / len(picked):5.0%} | {cond / nv:29.0%} | '
-                  f'{ctrl / nv:7.0%} | {near / nv:20.0%} | {same / nv:28.0%}')
+                  f'{rates[0]:5.0%} | {rates[1]:28.0%} | '
+                  f'{rates[2]:26.0%} ({rates[3]:.0%}) | {rates[4]:7.0%} | '
+                  f'{rates[5]:17.0%} ({rates[6]:.0%})')
             if t == 'all':
-                pooled = (len(valid) / len(picked), cond / nv, ctrl / nv,
-                          near / nv, same / nv)
+                pooled = rates
         ended = sum('class Model' not in r[2][20:] for r in rows) / len(rows)
         print(f'children without a second class statement: {ended:.0%}')
         summary.append(f'copy {copy_weight:g} half-life {half_life}: valid '
-                       f'{pooled[0]:.0%}, parent-conditioned {pooled[1]:.0%} '
-                       f'(control {pooled[2]:.0%}), within 2x {pooled[3]:.0%}, '
-                       f'a parent verbatim {pooled[4]:.0%}')
+                       f'{pooled[0]:.0%}, a parent verbatim {pooled[1]:.0%}; '
+                       f'of novel valid: parent-conditioned {pooled[2]:.0%} '
+                       f'(gross {pooled[3]:.0%}, control {pooled[4]:.0%}), '
+                       f'within 2x {pooled[5]:.0%} (gross {pooled[6]:.0%})')
     print(f'\nSUMMARY lm_children ({len(cases)} prompts x {len(temps)} samples, '
           f'{FLAGS.checkpoint}, order {FLAGS.order}): ' + '; '.join(summary))
 

@@ -8,13 +8,16 @@ r"""EvoPrompting against its baselines and ablations on MNIST-1D (issue 5, secti
 Every method runs once per search seed, each run a subprocess
 
   python -m evoprompting.main --gin_file=BUDGET [--gin_file=gin/search/M.gin]
-      [--gin_file=MORE.gin ...] [--gin_bindings=...] \
+      --gin_file=gin/mnist1d/standard_data.gin [--gin_file=MORE.gin ...] \
+      [--gin_bindings=...] \
       --gin_bindings='SEARCH_SEED = S' --workdir=DIR/M/seed_S
 
 one at a time, its output appended to DIR/M/seed_S/benchmark.log. Methods:
 `evoprompting` (the budget file's default method) and the method files
 gin/search/{no_prompt_tuning, random_parents, naive_few_shot,
-regularized_evolution, random_search}.gin. Every one spends the budget file's
+regularized_evolution, random_search}.gin. Every run uses the published
+MNIST-1D (gin/mnist1d/standard_data.gin), so its figures are the same on
+any machine; a search's default is a private draw. Every one spends the budget file's
 sample budget (ROUNDS x CHILDREN_PER_ROUND children); the table shows the
 children each run sampled, so a mismatch is visible.
 
@@ -64,6 +67,8 @@ METHODS = {
     'random_search': ('gin/search/random_search.gin',),
 }
 REFERENCE_SEED = 'greydanus_cnn'
+# The published dataset, not this machine's private draw: same on any machine.
+STANDARD_DATA = 'gin/mnist1d/standard_data.gin'
 COMMAND_FILE = 'benchmark_command.json'
 LOG_FILE = 'benchmark.log'
 
@@ -108,7 +113,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def command(args: argparse.Namespace, method: str, seed: int,
             workdir: str) -> list[str]:
     """The `evoprompting.main` command of one run."""
-    files = [args.budget_gin, *METHODS[method], *args.gin_file]
+    files = [args.budget_gin, *METHODS[method], STANDARD_DATA, *args.gin_file]
     return [sys.executable, '-m', 'evoprompting.main',
             *(f'--gin_file={f}' for f in files),
             *(f'--gin_bindings={b}' for b in args.gin_bindings),

@@ -93,15 +93,26 @@ class ClrsTask:
                     inputs: Mapping[str, np.ndarray],
                     report_validation: base.ReportValidation) -> base.Trained:
         """Trains a model with `program['get_triplet_msgs']`. Workers only."""
+        return train_lib.train_and_predict(
+            program.get('get_triplet_msgs'), self._splits(inputs), self.train,
+            report_validation, max_params=self.max_params, seed=seed)
+
+    def build_program(self, program: dict[str, Any],
+                      inputs: Mapping[str, np.ndarray]
+                      ) -> tuple[tuple[int, ...], ...]:
+        """Builds the model with `program['get_triplet_msgs']` abstractly.
+        Workers only."""
+        return train_lib.build_params(
+            program.get('get_triplet_msgs'), self._splits(inputs), self.train,
+            max_params=self.max_params)
+
+    def _splits(self, inputs: Mapping[str, np.ndarray]) -> train_lib.Splits:
         pools = len(self.data.train_keys())
-        splits = train_lib.Splits(
+        return train_lib.Splits(
             train=[data_lib.from_arrays(inputs, f'train{i}/')
                    for i in range(pools)],
             val=data_lib.from_arrays(inputs, 'val/'),
             test=data_lib.from_arrays(inputs, 'test/'))
-        return train_lib.train_and_predict(
-            program.get('get_triplet_msgs'), splits, self.train,
-            report_validation, max_params=self.max_params, seed=seed)
 
     @property
     def evaluation_steps(self) -> tuple[int, ...]:

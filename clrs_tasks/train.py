@@ -41,8 +41,8 @@ from clrs_tasks import processors
 from evoprompting.sandbox import judge as judge_lib
 from evoprompting.tasks import base
 from evoprompting.tasks import compiling
-from evoprompting.tasks.classifier_training import batch_order
-from evoprompting.tasks.classifier_training import count_params
+from evoprompting.tasks.training import batch_order, param_shapes
+from evoprompting.tasks.training import params_within_cap
 
 Status = base.Status
 _EPS = 1e-12
@@ -198,23 +198,15 @@ def _host_batch(dataset: data_lib.Dataset, rows: np.ndarray,
             dataset.arrays, dataset.spec, rows, num_graphs))
 
 
-def train_and_predict(triplet_fn: Any, splits: Splits, config: TrainConfig,
-                      report_validation: base.ReportValidation, *,
-                      max_params: int, seed: int) -> base.Trained:
-    """Trains the model with `triplet_fn` on `splits` (whose validation and
-    test sets may be `data.redacted`: no answers are read). Every
-    `config.eval_every` steps and at the end it reports the hard output
-    predictions on the validation set; it keeps the parameters of the last
-    point `report_validation` accepts and predicts the test set with them.
-
-    Raises ProgramFailure for programs that do not build, are too large or
-    make the training loss or an evaluation's output predictions non-finite.
-    """
+def _abstract_model(triplet_fn: Any, splits: Splits, config: TrainConfig
+                    ) -> tuple[model_lib.ModelSpec, Any, Any, Any]:
+    """(spec, module, a training batch, abstract variables) of the model
+    with `triplet_fn`.
+    Raises ProgramFailure (build_error, oom) for one that does not build."""
     spec = model_lib.model_spec(splits.val)
     module = build_model(triplet_fn, spec, config)
     sample = _host_batch(splits.train[0], np.arange(config.batch_size)
                          % splits.train[0].num_samples, config.batch_size)
-    t0 = time.perf_counter()
     try:
         variables = jax.eval_shape(
             lambda k, b: module.init({'params': k, 'noise': k}, b,
@@ -228,11 +220,35 @@ def train_and_predict(triplet_fn: Any, splits: Splits, config: TrainConfig,
             Status.BUILD_ERROR,
             f'the model with this get_triplet_msgs failed: '
             f'{type(e).__name__}: {base.first_line(e)}') from None
-    num_params = count_params(variables)
-    if num_params > max_params:
-        raise base.ProgramFailure(
-            Status.TOO_LARGE,
-            f'{num_params:,} parameters exceed the cap of {max_params:,}')
+    return spec, module, sample, variables
+
+
+def build_params(triplet_fn: Any, splits: Splits, config: TrainConfig, *,
+                 max_params: int) -> tuple[tuple[int, ...], ...]:
+    """The parameter shapes of the model with `triplet_fn`, built on
+    abstract values as `train_and_predict` builds it, without training (a
+    build-only request). Raises ProgramFailure as `train_and_predict` does
+    before training."""
+    _, _, _, variables = _abstract_model(triplet_fn, splits, config)
+    return params_within_cap(variables, max_params)
+
+
+def train_and_predict(triplet_fn: Any, splits: Splits, config: TrainConfig,
+                      report_validation: base.ReportValidation, *,
+                      max_params: int, seed: int) -> base.Trained:
+    """Trains the model with `triplet_fn` on `splits` (whose validation and
+    test sets may be `data.redacted`: no answers are read). Every
+    `config.eval_every` steps and at the end it reports the hard output
+    predictions on the validation set; it keeps the parameters of the last
+    point `report_validation` accepts and predicts the test set with them.
+
+    Raises ProgramFailure for programs that do not build, are too large or
+    make the training loss or an evaluation's output predictions non-finite.
+    """
+    t0 = time.perf_counter()
+    spec, module, sample, variables = _abstract_model(triplet_fn, splits,
+                                                      config)
+    params_within_cap(variables, max_params)
 
     if config.grad_clip_max_norm > 0:
         tx = optax.chain(optax.clip_by_global_norm(config.grad_clip_max_norm),
@@ -335,8 +351,7 @@ def train_and_predict(triplet_fn: Any, splits: Splits, config: TrainConfig,
         compile_s = build_s + compiler.seconds
     total_s = time.perf_counter() - t0
     return base.Trained(
-        param_shapes=tuple(tuple(x.shape) for x in
-                           jax.tree.leaves(variables['params'])),
+        param_shapes=param_shapes(variables),
         best_step=best_step, test_predictions=test, compile_s=compile_s,
         train_s=total_s - compile_s, final_train_loss=float(loss))
 

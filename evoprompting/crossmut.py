@@ -132,17 +132,22 @@ class CrossMut:
         self.workdir = ''
 
     def start(self, workdir: str, completed_rounds: int) -> None:
+        """Restores the soft prompt of the last completed round that has one
+        (a later round's, from an interrupted `learn`, is ignored)."""
         self.workdir = workdir
         self.soft_prompt = None
-        for t in reversed(range(completed_rounds)):
-            path = self._soft_prompt_path(t)
-            if os.path.isdir(path):
-                self.soft_prompt = checkpoints.restore(path)['soft_prompt']
-                logging.info('Restored the soft prompt of round %d', t)
-                break
+        if not os.path.isdir(os.path.join(workdir, SOFT_PROMPTS_DIR)):
+            return
+        with self._soft_prompts() as saved:
+            done = [t for t in saved.steps() if t < completed_rounds]
+            if done:
+                self.soft_prompt = saved.restore(done[-1])['soft_prompt']
+                logging.info('Restored the soft prompt of round %d', done[-1])
 
-    def _soft_prompt_path(self, round_index: int) -> str:
-        return os.path.join(self.workdir, SOFT_PROMPTS_DIR, f'round_{round_index}')
+    def _soft_prompts(self) -> checkpoints.CheckpointManager:
+        """The soft prompts, one checkpoint per round (its step)."""
+        return checkpoints.CheckpointManager(
+            os.path.join(self.workdir, SOFT_PROMPTS_DIR))
 
     def _example(self, candidate: store.Candidate) -> prompts.Example:
         return prompts.Example(
@@ -229,8 +234,8 @@ class CrossMut:
                 self.config.soft_prompt_length)
         self.soft_prompt, metrics = self.lm.tune(
             self.soft_prompt, examples, jax.random.key(int(rng.integers(2**31))))
-        checkpoints.save(self._soft_prompt_path(round_index),
-                         {'soft_prompt': self.soft_prompt}, overwrite=True)
+        with self._soft_prompts() as saved:
+            saved.save(round_index, {'soft_prompt': self.soft_prompt})
         logging.info('Round %d: soft prompt tuned on %d children, loss per '
                      'epoch %s', round_index, len(examples),
                      ['%.3f' % l for l in metrics['epoch_loss']])

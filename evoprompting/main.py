@@ -125,6 +125,8 @@ def write_run_record(workdir: str, *, allow_config_change: bool,
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+    if os.path.exists(FLAGS.workdir) and not os.path.isdir(FLAGS.workdir):
+        raise app.UsageError(f'--workdir={FLAGS.workdir} is not a folder')
     partitioning.set_cpu_device_count(FLAGS.cpu_devices)
     try:
         gin_utils.parse(FLAGS.gin_file, FLAGS.gin_bindings)

@@ -17,9 +17,11 @@ Fitness (section 3.3): `-(params * val_error)` for a child whose validation
 error is below `alpha`; other children, and duplicates, are not scored. The
 validation error is 1 - the task's first objective (`Task.objectives`).
 
-Duplicates: a proposal whose normalised source (`normalise`) equals that of
-an earlier candidate is recorded with `duplicate_of` and the earlier result,
-and is not trained again. It counts toward the sample budget, as in the paper.
+Duplicates, one rule for every method: a proposal whose program, in the
+canonical form (`canonical`: no docstrings, comments, layout or imports the
+task's preamble provides), equals an earlier candidate's (seeds included) is
+recorded with `duplicate_of` and the earlier result, and is not trained
+again. It counts toward the sample budget, as in the paper.
 
 Nothing lost. Every workdir file is written durably:
 
@@ -188,13 +190,29 @@ def round_rng(seed: int, round_index: int, stage: str) -> np.random.Generator:
                                   {'propose': 0, 'learn': 1}[stage]])
 
 
-def normalise(source: str) -> str:
-    """The source without comments and formatting (for duplicate detection);
-    a source that does not parse is only stripped."""
+def canonical(source: str, preamble: str) -> str:
+    """The program in one form, for duplicate detection: parsed and printed
+    again (no comments, no layout), without docstrings and without the
+    top-level imports that the task's `preamble` provides. A seed file (its
+    module docstring, `import flax.linen as nn`) and a child that repeats it
+    have the same form. A source that does not parse is only stripped."""
     try:
-        return ast.unparse(ast.parse(source))
+        tree = ast.parse(source)
     except (SyntaxError, ValueError):
         return source.strip()
+    provided = {ast.dump(node) for node in ast.parse(preamble).body}
+    tree.body = [node for node in tree.body if ast.dump(node) not in provided]
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef,
+                             ast.AsyncFunctionDef)) and _has_docstring(node):
+            node.body = node.body[1:] or [ast.Pass()]
+    return ast.unparse(tree)
+
+
+def _has_docstring(node: ast.AST) -> bool:
+    first = node.body[0] if node.body else None
+    return (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
+            and isinstance(first.value.value, str))
 
 
 def _check_search_config(workdir: str, config: SearchConfig, task: base.Task,
@@ -278,20 +296,21 @@ class Search:
                  progress: _Progress | None = None) -> None:
         """Records every proposal of a round that has no record yet.
 
-        A proposal equal (after `normalise`) to a candidate of an earlier round
+        A proposal equal (in `canonical` form) to a candidate of an earlier round
         or to an earlier proposal of this round is a duplicate: recorded with
         the original's result once that exists, never trained.
         """
         recorded = {c.proposal for c in self.store if c.round == round_index}
-        earlier: dict[str, int] = {}  # Normalised source -> candidate id.
+        form = lambda source: canonical(source, self.task.preamble)
+        earlier: dict[str, int] = {}  # Canonical form -> candidate id.
         for c in self.store:
             if c.round < round_index:
-                earlier.setdefault(normalise(c.source), c.id)
+                earlier.setdefault(form(c.source), c.id)
         twin_of_candidate: dict[int, int] = {}  # Proposal -> candidate id.
         twin_of_proposal: dict[int, int] = {}  # Proposal -> earlier proposal.
         first: dict[str, int] = {}
         for i, proposal in enumerate(proposals):
-            key = normalise(proposal.source)
+            key = form(proposal.source)
             if key in earlier:
                 twin_of_candidate[i] = earlier[key]
             elif key in first:

@@ -39,14 +39,12 @@ def fitness(result: base.EvalResult, *, alpha: float,
     return -(result.params * error)
 
 
-def get_top(fitnesses: Sequence[float | None], p: int,
-            retired: frozenset[int] = frozenset()) -> list[int]:
-    """Indices of the `p` best scored, non-retired entries, best first.
+def get_top(fitnesses: Sequence[float | None], p: int) -> list[int]:
+    """Indices of the `p` best scored entries, best first.
 
     Ties keep the earlier index first, so selection is deterministic.
     """
-    scored = [(f, i) for i, f in enumerate(fitnesses)
-              if f is not None and i not in retired]
+    scored = [(f, i) for i, f in enumerate(fitnesses) if f is not None]
     scored.sort(key=lambda fi: (-fi[0], fi[1]))
     return [i for _, i in scored[:p]]
 

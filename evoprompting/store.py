@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from typing import Any, Iterator, Mapping
 
 from absl import logging
@@ -33,8 +34,12 @@ CANDIDATES_FILE = 'candidates.jsonl'
 STATE_FILE = 'state.json'
 FORMAT_FILE = 'store_format.json'
 # 1: workdirs from before the version was recorded. 2: results carry the
-# sandbox's `isolation` (absent, read as '', in version 1 records).
-STORE_FORMAT = 2
+# sandbox's `isolation` (absent, read as '', in version 1 records). 3: soft
+# prompts in one orbax CheckpointManager folder (`lm.checkpoints`), not one
+# folder per round.
+STORE_FORMAT = 3
+# Where formats 1-2 kept each round's soft prompt: soft_prompts/round_<t>.
+_OLD_SOFT_PROMPT = re.compile(r'round_\d+$')
 
 
 class StoreFormatError(ValueError):
@@ -46,7 +51,8 @@ def check_format(workdir: str) -> None:
 
     Raises:
       StoreFormatError: the workdir's format is newer than `STORE_FORMAT`,
-        or its format file is unreadable.
+        its format file is unreadable, or it holds soft prompts of format
+        1-2, which cannot be migrated.
     """
     path = os.path.join(workdir, FORMAT_FILE)
     version = 1  # Written before the format was recorded (or fresh).
@@ -63,6 +69,15 @@ def check_format(workdir: str) -> None:
             f'version of evoprompting; this one reads formats 1-{STORE_FORMAT}. '
             'Upgrade, or use another --workdir.')
     # Format 1 -> 2 adds only a field with a default: nothing to rewrite.
+    # 2 -> 3: nothing either, unless rounds were completed with soft prompts.
+    folder = os.path.join(workdir, 'soft_prompts')
+    if version < 3 and os.path.isdir(folder) and any(
+            _OLD_SOFT_PROMPT.match(name) for name in os.listdir(folder)):
+        raise StoreFormatError(
+            f'{workdir} holds soft prompts in store format {version}, which '
+            f'this version cannot read (format {STORE_FORMAT} keeps them in '
+            'an orbax CheckpointManager). Finish that search with the version '
+            'that started it, or use another --workdir.')
     if version != STORE_FORMAT or not os.path.exists(path):
         write_json_atomic(path, {'store_format': STORE_FORMAT})
 

@@ -10,7 +10,8 @@ Modules (issue 4):
                    EOS, optional soft prompt as an input.
   testing.py       tiny public configs (and fast random weights) for tests.
   vocab.py         seqio-style vocabularies over `tokenizers`.
-  checkpoints.py   orbax save/restore with structure and shape checks.
+  checkpoints.py   orbax CheckpointManager with structure and shape checks;
+                   exports, the default model, Hugging Face folders.
   prompt_tuning.py soft-prompt tuning with the model frozen (jitted step).
   serving.py       `LanguageModel`: generate / logits / tune on text.
   hf_import.py     Llama/Qwen2 Hugging Face folders (safetensors, sharded or
@@ -19,6 +20,6 @@ Modules (issue 4):
   sample.py        `python -m lm.sample`: print samples from a checkpoint.
   pretrain.py      `python -m lm.pretrain`: trains a tokenizer and a small
                    decoder on text files and exports it; the embedded
-                   default model (`lm/default/`, `serving.load_default()`)
+                   default model (`lm/default/`, `checkpoints.load_default()`)
                    was made with it (lm/README.md).
 """

@@ -1,10 +1,7 @@
-"""orbax checkpoints of LM parameters and soft prompts.
+"""orbax checkpoints of LM training states and soft prompts, and exports.
 
-A checkpoint is an orbax `StandardCheckpointer` directory holding one pytree
-(model params, or a soft prompt). `restore` takes an abstract tree
-(`jax.ShapeDtypeStruct`s, with shardings where the caller wants them) so that
-arrays land directly on the right devices in the requested dtypes, and checks
-that the stored tree has exactly the expected structure and shapes.
+`CheckpointManager` keeps numbered checkpoints of one pytree (a training
+state by step, a soft prompt by round) in a folder, crash-safe.
 
 `load_hf` serves a Hugging Face checkpoint folder (read by
 `lm.hf_import.import_hf`) as a `lm.serving.LanguageModel`.
@@ -14,7 +11,8 @@ is) is a folder of three plain files, no pickle: `config.json` (the
 `TransformerConfig`, the vocabulary's EOS/PAD tokens and `LanguageModel`
 options such as stop strings), `params.safetensors` (one tensor per
 parameter, named by its path, e.g. `layers/attn/q_kernel`) and
-`tokenizer.json`. `export` writes one, `load_exported` serves one.
+`tokenizer.json`. `export` writes one, `load_exported` serves one, and
+`load_default` serves the embedded default model (`lm/default/`).
 """
 
 from __future__ import annotations
@@ -22,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 from typing import Any
 
 import jax
@@ -37,48 +34,72 @@ from lm import partitioning, serving
 from lm import vocab as vocab_lib
 
 EXPORT_FILES = ('config.json', 'params.safetensors', 'tokenizer.json')
+# The embedded default model: an export shipped as package data.
+DEFAULT_MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                 'default')
 
 
-def save(directory: str, tree: Any, *, overwrite: bool = False) -> None:
-    """Writes `tree` to `directory`; never leaves a half-written checkpoint.
+class CheckpointManager:
+    """Numbered checkpoints of one pytree in a folder (orbax's
+    `CheckpointManager`, one subfolder per step).
 
-    orbax writes into a temporary folder and renames it when complete. With
-    `overwrite`, the new checkpoint is completed beside the old one and then
-    swapped in.
+    A save is atomic: orbax writes into a temporary folder and renames it
+    once complete, so a crash at any moment leaves every earlier complete
+    checkpoint readable, and an unfinished one is never listed. The newest
+    `max_to_keep` are kept (None: all). `restore` takes an abstract tree
+    (`jax.ShapeDtypeStruct`s, with shardings where the caller wants them) so
+    that arrays land directly on the right devices in the requested dtypes,
+    and checks that the stored tree has exactly the expected structure and
+    shapes.
     """
-    directory = os.path.abspath(directory)
-    exists = os.path.exists(directory)
-    if exists and not overwrite:
-        raise FileExistsError(f'checkpoint already exists: {directory}')
-    target = directory + '.new' if exists else directory
-    shutil.rmtree(directory + '.new', ignore_errors=True)  # A crashed attempt.
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(target, tree)
-    checkpointer.wait_until_finished()
-    if exists:
-        old = directory + '.old'
-        os.replace(directory, old)
-        os.replace(target, directory)
-        shutil.rmtree(old)
 
+    def __init__(self, directory: str, *, max_to_keep: int | None = None):
+        self.directory = os.path.abspath(directory)
+        self._manager = ocp.CheckpointManager(
+            self.directory, options=ocp.CheckpointManagerOptions(
+                max_to_keep=max_to_keep, create=True,
+                enable_async_checkpointing=False),
+            item_handlers=ocp.StandardCheckpointHandler())
 
-def restore(directory: str, abstract_tree: Any | None = None) -> Any:
-    """Reads a checkpoint; with `abstract_tree`, checks and places every leaf.
+    def steps(self) -> list[int]:
+        """The steps of the complete checkpoints, oldest first."""
+        return sorted(self._manager.all_steps())
 
-    Raises:
-      FileNotFoundError: no checkpoint at `directory`.
-      ValueError: the stored tree differs from `abstract_tree` in structure
-        or shape (the message names the first differing leaf). Dtypes are
-        converted to the abstract tree's (e.g. float32 stored, bfloat16 served).
-    """
-    directory = os.path.abspath(directory)
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f'no checkpoint at {directory}')
-    checkpointer = ocp.StandardCheckpointer()
-    if abstract_tree is not None:
-        stored = checkpointer.metadata(directory).item_metadata.tree
-        _check_matches(stored, abstract_tree)
-    return checkpointer.restore(directory, abstract_tree)
+    def save(self, step: int, tree: Any) -> None:
+        """Writes `tree` as checkpoint `step`, replacing one of that step."""
+        if step in self._manager.all_steps():
+            self._manager.delete(step)
+        self._manager.save(step, args=ocp.args.StandardSave(tree))
+        self._manager.wait_until_finished()
+
+    def restore(self, step: int, abstract_tree: Any | None = None) -> Any:
+        """Reads checkpoint `step`; with `abstract_tree`, checks and places
+        every leaf.
+
+        Raises:
+          FileNotFoundError: no checkpoint of that step.
+          ValueError: the stored tree differs from `abstract_tree` in
+            structure or shape (the message names the first differing leaf).
+            Dtypes are converted to the abstract tree's (e.g. float32 stored,
+            bfloat16 served).
+        """
+        if step not in self._manager.all_steps():
+            raise FileNotFoundError(
+                f'no checkpoint of step {step} in {self.directory}')
+        if abstract_tree is not None:
+            _check_matches(self._manager.item_metadata(step).tree,
+                           abstract_tree)
+        return self._manager.restore(
+            step, args=ocp.args.StandardRestore(abstract_tree))
+
+    def close(self) -> None:
+        self._manager.close()
+
+    def __enter__(self) -> CheckpointManager:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _check_matches(stored: Any, expected: Any) -> None:
@@ -199,3 +220,16 @@ def load_exported(directory: str, *, mesh: jax.sharding.Mesh | None = None,
         stored_options['stop_strings'] = tuple(stored_options['stop_strings'])
     return serving.LanguageModel.create(config, params, vocab, mesh=mesh,
                                         **{**stored_options, **options})
+
+
+def load_default(*, mesh: jax.sharding.Mesh | None = None,
+                 **options) -> serving.LanguageModel:
+    """The embedded default model (package data in `lm/default/`), served.
+
+    Its stored options apply (stop strings at the start of another example
+    header), unless `options` (LanguageModel fields) override them.
+
+    Raises:
+      FileNotFoundError: the package was installed without the model files.
+    """
+    return load_exported(DEFAULT_MODEL_DIR, mesh=mesh, **options)

@@ -23,9 +23,10 @@ Steps (all settings are arguments of `train`, bound by gin):
      jitted pure function: step `s` draws its batch of rows with
      `fold_in(rng, s)`, so a resumed run repeats the same batches.
   4. Every `eval_every` steps: the mean held-out loss (nats/token) over all
-     rows of the eval files, and a checkpoint (orbax, `lm.checkpoints`) of
-     the whole training state in DIR/checkpoint; a killed run started again
-     resumes from it. Progress (step, loss, speed, ETA) goes to absl logging;
+     rows of the eval files, and a checkpoint (orbax's CheckpointManager,
+     `lm.checkpoints`) of the whole training state in DIR/checkpoints/<step>,
+     the last two kept; a run killed at any moment, even during a save,
+     resumes from its newest complete checkpoint when started again. Progress (step, loss, speed, ETA) goes to absl logging;
      DIR/eval_log.jsonl keeps the curve.
   5. Export to DIR/export (`lm.checkpoints.export`): config.json, params and
      tokenizer.json, loadable by `lm.checkpoints.load_exported`.
@@ -53,6 +54,9 @@ from lm import checkpoints
 from lm import model as model_lib
 from lm import partitioning
 from lm import vocab as vocab_lib
+
+CHECKPOINTS_DIR = 'checkpoints'
+CHECKPOINTS_KEPT = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -310,13 +314,14 @@ def train(*, workdir: str, data: DataConfig, model: model_lib.TransformerConfig,
         return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                           opt_state=opt.init(params))
 
-    ckpt_dir = os.path.join(workdir, 'checkpoint')
-    if os.path.isdir(ckpt_dir):
+    manager = checkpoints.CheckpointManager(
+        os.path.join(workdir, CHECKPOINTS_DIR), max_to_keep=CHECKPOINTS_KEPT)
+    if manager.steps():
         # Stored as a state dict (optax states are namedtuples, which orbax
         # stores as dicts): restore into the abstract state's state dict.
         abstract = jax.eval_shape(init_state, init_rng)
-        stored = checkpoints.restore(
-            ckpt_dir, flax.serialization.to_state_dict(abstract))
+        stored = manager.restore(manager.steps()[-1],
+                                 flax.serialization.to_state_dict(abstract))
         state = flax.serialization.from_state_dict(abstract, stored)
         logging.info('resumed from step %d', int(state.step))
     else:
@@ -343,8 +348,7 @@ def train(*, workdir: str, data: DataConfig, model: model_lib.TransformerConfig,
             eval_loss = evaluate(state.params, module, *eval_rows, batch_size)
             logging.info('step %d: held-out loss %.4f (perplexity %.3f)', step,
                          eval_loss, math.exp(eval_loss))
-            checkpoints.save(ckpt_dir, flax.serialization.to_state_dict(state),
-                             overwrite=True)
+            manager.save(step, flax.serialization.to_state_dict(state))
             with open(log_path, 'a', encoding='utf-8') as f:
                 f.write(json.dumps({'step': step, 'eval_loss': eval_loss,
                                     'train_loss': float(metrics['loss']),

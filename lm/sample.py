@@ -3,7 +3,7 @@ r"""Prints samples from a language model.
   python -m lm.sample --checkpoint=PATH --prompt_file=F [--num_samples=4] \
       [--temperature=0.8] [--max_new_tokens=256] [--seed=0]
 
-PATH is `default` (the embedded default model, `lm.serving.load_default`),
+PATH is `default` (the embedded default model, `lm.checkpoints.load_default`),
 a folder exported by `python -m lm.pretrain` (config.json,
 params.safetensors, tokenizer.json), or a Hugging Face checkpoint folder
 (config.json, *.safetensors, tokenizer.json) of the Llama/Qwen2 family.
@@ -19,7 +19,7 @@ import sys
 from absl import app, flags
 import jax
 
-from lm import checkpoints, partitioning, serving
+from lm import checkpoints, partitioning
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('checkpoint', None, "'default', an lm.pretrain export "
@@ -49,7 +49,7 @@ def main(argv):
         prompt = f.read()
     try:
         if FLAGS.checkpoint == 'default':
-            lm = serving.load_default()
+            lm = checkpoints.load_default()
         elif os.path.isfile(os.path.join(FLAGS.checkpoint, 'params.safetensors')):
             lm = checkpoints.load_exported(FLAGS.checkpoint)
         else:

@@ -20,15 +20,14 @@ Every jitted call runs inside `partitioning.activate(mesh, rules)`.
 Randomness: batch j samples with `fold_in(rng, j)`. A row's sample depends on
 the batch it lands in (the sampler draws one key per step for the batch).
 
-`load_default()` serves the embedded default model (`lm/default/`, trained
-by `python -m lm.pretrain`, see lm/README.md).
+`lm.checkpoints.load_default()` serves the embedded default model
+(`lm/default/`, trained by `python -m lm.pretrain`, see lm/README.md).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 from typing import Any, Sequence
 
 import jax
@@ -38,10 +37,6 @@ import numpy as np
 from lm import model as model_lib
 from lm import partitioning, prompt_tuning, sampler
 from lm import vocab as vocab_lib
-
-
-DEFAULT_MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                 'default')
 
 
 @functools.partial(jax.jit, static_argnames=('model',))
@@ -195,17 +190,3 @@ class LanguageModel:
             return prompt_tuning.tune(
                 soft_prompt, self.params, encoded, model_config=self.config,
                 config=self.tuning, pad_id=self.vocab.pad_id, rng=rng)
-
-
-def load_default(*, mesh: jax.sharding.Mesh | None = None,
-                 **options) -> LanguageModel:
-    """The embedded default model (package data in `lm/default/`), served.
-
-    Its stored options apply (stop strings at the start of another example
-    header), unless `options` (LanguageModel fields) override them.
-
-    Raises:
-      FileNotFoundError: the package was installed without the model files.
-    """
-    from lm import checkpoints  # pylint: disable=g-import-not-at-top  (imports this module)
-    return checkpoints.load_exported(DEFAULT_MODEL_DIR, mesh=mesh, **options)

@@ -45,6 +45,8 @@ def test_evaluate_bad_program_is_a_result_not_a_failure(tmp_path):
     ([f'--program={SEED}', '--task=imagenet'], "unknown task 'imagenet'"),
     ([f'--program={SEED}', '--gin_bindings=mnist1d.TrainConfig.nope = 1'],
      'bad gin configuration'),
+    ([f'--program={SEED}', '--gin_bindings=NUM_WORKRES = 2'],
+     'did you mean NUM_WORKERS?'),
     ([], '--program'),
 ])
 def test_evaluate_bad_usage_fails_clearly(args, words):
@@ -107,9 +109,14 @@ def test_main_runs_a_search_and_records_it(tmp_path):
     (['--gin_file=gin/mnist1d/quick.gin'], '--workdir'),
     (['--gin_file=gin/mnist1d/quick.gin', '--cpu_devices=-1'],
      'not a non-negative integer'),
+    (['--gin_file=gin/mnist1d/quick.gin', '--gin_bindings=ROUNDZ = 2'],
+     'gin macro ROUNDZ is set but nothing in this configuration reads it; '
+     'did you mean ROUNDS?'),
+    (['--gin_file=gin/mnist1d/quick.gin', '--workdir=README.md'],
+     'is not a folder'),
 ])
 def test_main_bad_usage_fails_clearly(tmp_path, args, words):
-    if words != '--workdir':
+    if not any(a.startswith('--workdir') for a in args) and words != '--workdir':
         args = [*args, f'--workdir={tmp_path}']
     out = run('evoprompting.main', *args)
     assert out.returncode != 0

@@ -30,18 +30,6 @@ def train(model_cls, num_steps=40, seed=0, max_params=10**6, **kwargs):
         num_classes=10)
 
 
-def test_batch_order_is_epoch_wise_and_seeded():
-    order = classifier_training.batch_order(10, 3, 7, seed=0)
-    assert order.shape == (7, 3) and order.dtype == np.int32
-    epoch = order[:3].ravel()  # 3 batches of 3 = one epoch (one example dropped).
-    assert len(set(epoch)) == 9
-    np.testing.assert_array_equal(order,
-                                  classifier_training.batch_order(10, 3, 7, 0))
-    assert not np.array_equal(order, classifier_training.batch_order(10, 3, 7, 1))
-    with pytest.raises(ValueError):
-        classifier_training.batch_order(2, 3, 1, 0)
-
-
 def test_train_keyword_dropout_and_batch_norm():
     model_cls = program('''
         class Model(nn.Module):
@@ -102,12 +90,6 @@ def test_one_non_finite_logit_is_nan():
     assert info.value.status == base.Status.NAN
 
 
-def test_count_params_counts_only_params_collection():
-    variables = {'params': {'a': np.zeros((3, 4)), 'b': np.zeros(5)},
-                 'batch_stats': {'m': np.zeros(100)}}
-    assert classifier_training.count_params(variables) == 17
-
-
 def test_greydanus_cnn_at_the_paper_budget():
     """Acceptance: the paper's 8,000 steps give >= 0.90 test accuracy.
 
@@ -115,7 +97,9 @@ def test_greydanus_cnn_at_the_paper_budget():
     examples), single seeds land within about +-0.01 of 0.90 with JAX and with
     an equivalent PyTorch loop alike (seed 0: 0.894 JAX, 0.898 torch).
     """
-    task = mnist1d.Mnist1dTask()  # The paper's budget is the default.
+    # The paper's budget is the default; the published dataset, as the
+    # figures above.
+    task = mnist1d.Mnist1dTask(data=mnist1d.DataConfig(generator_seed=42))
     assert task.train.num_steps == 8000
     seed = {s.name: s for s in task.seed_programs()}['greydanus_cnn']
     with evaluator.Sandbox(task) as sandbox:

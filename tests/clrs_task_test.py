@@ -85,18 +85,36 @@ def test_workers_get_no_answers_and_need_none(tmp_path):
 ])
 def test_broken_programs_are_build_errors(tmp_path, source, message):
     task = _task(tmp_path)
-    with pytest.raises(base.ProgramFailure, match=message) as info:
-        _evaluate(task, source)
-    assert info.value.status == base.Status.BUILD_ERROR
+    task.prepare()
+    for attempt in (lambda: _evaluate(task, source),
+                    lambda: task.build_program(_namespace(task, source),
+                                               task.worker_inputs())):
+        with pytest.raises(base.ProgramFailure, match=message) as info:
+            attempt()
+        assert info.value.status == base.Status.BUILD_ERROR
+
+
+def test_a_build_counts_what_training_trains(tmp_path):
+    task = _task(tmp_path)
+    task.prepare()
+    for seed in task.seed_programs()[:2]:
+        shapes = task.build_program(_namespace(task, seed.source),
+                                    task.worker_inputs())
+        params = sum(int(np.prod(s)) for s in shapes)
+        assert params == _evaluate(task, seed.source).params, seed.name
 
 
 def test_too_large_before_training(tmp_path):
     task = _task(tmp_path)
     task = task_lib.ClrsTask(data=task.data, train=task.train, max_params=10)
+    task.prepare()
     source = task.seed_programs()[0].source
-    with pytest.raises(base.ProgramFailure, match='exceed the cap') as info:
-        _evaluate(task, source)
-    assert info.value.status == base.Status.TOO_LARGE
+    for attempt in (lambda: _evaluate(task, source),
+                    lambda: task.build_program(_namespace(task, source),
+                                               task.worker_inputs())):
+        with pytest.raises(base.ProgramFailure, match='exceed the cap') as info:
+            attempt()
+        assert info.value.status == base.Status.TOO_LARGE
 
 
 # Finite on training batches (4 graphs), non-finite on evaluation batches

@@ -1,4 +1,6 @@
-"""Test session set-up: a private cache folder, so tests never touch ~/.cache."""
+"""Test session set-up: a private cache folder, so tests never touch ~/.cache,
+holding a fixed MNIST-1D private seed, so every session trains on the same
+private draw (figures in tests do not vary from run to run)."""
 
 import os
 import shutil
@@ -12,6 +14,10 @@ def pytest_configure(config):
     if paths.CACHE_ENV not in os.environ:
         os.environ[paths.CACHE_ENV] = tempfile.mkdtemp(prefix='evoprompting-test-cache-')
         os.environ['EVOPROMPTING_TEST_OWNS_CACHE'] = '1'
+        folder = os.path.join(os.environ[paths.CACHE_ENV], 'mnist1d')
+        os.makedirs(folder)
+        with open(os.path.join(folder, 'private_seed'), 'w') as f:
+            f.write('20261203\n')
 
 
 def pytest_unconfigure(config):

@@ -10,7 +10,7 @@ import pytest
 
 from evoprompting import corpus, prompts
 from evoprompting.sandbox import validator
-from evoprompting.tasks import classifier_training, mnist1d
+from evoprompting.tasks import classifier_training, mnist1d, training
 
 
 @pytest.fixture(scope='module')
@@ -24,7 +24,7 @@ def contract_params(code: str) -> int:
     exec(mnist1d.PREAMBLE + code, namespace)  # Our own operators' output.
     built = classifier_training._build(  # pylint: disable=protected-access
         namespace['Model'], jax.ShapeDtypeStruct((8, 40), 'float32'), 10)
-    return classifier_training.count_params(built.variables)
+    return training.count_params(built.variables)
 
 
 def test_episode_text_is_the_search_prompt_plus_the_child(episodes):

@@ -2,6 +2,8 @@
 
 import glob
 import os
+import subprocess
+import sys
 
 import gin
 import pytest
@@ -47,7 +49,8 @@ METHOD_FILES = {'gin/search/evoprompting.gin': 'evoprompting',
 # gin/devices/*.gin: tests/devices_test.py builds a plan from each.
 OTHER_FILES = {'gin/devices/cpu.gin', 'gin/devices/gpu.gin',
                'gin/devices/gpu_shared.gin', 'gin/devices/tpu.gin',
-               'gin/lm/tiny_random.gin', 'gin/lm/default.gin'}
+               'gin/lm/tiny_random.gin', 'gin/lm/default.gin',
+               'gin/mnist1d/standard_data.gin'}
 # One file per CLRS-30 algorithm, layered after a CLRS budget file.
 ALGORITHM_FILES = {f'gin/clrs/algorithms/{a}.gin': a
                    for a in sorted(clrs_data.algorithms())}
@@ -117,6 +120,34 @@ def test_run_files_build_task_and_sandbox(path):
         assert gin.query_parameter(f'search.run.{name}') is not None
 
 
+def test_macros_the_user_sets_must_be_read(tmp_path):
+    quick = ['gin/mnist1d/quick.gin']
+    gin_utils.parse(quick, ['ROUNDS = 2', 'mnist1d.TrainConfig.num_steps = 8'])
+    with pytest.raises(gin_utils.GinConfigError, match='ROUNDZ.*ROUNDS'):
+        gin_utils.parse(quick, ['ROUNDZ = 2'])
+    # A macro of the project that this method does not read, set by the user.
+    with pytest.raises(gin_utils.GinConfigError, match='TOURNAMENT_SIZE'):
+        gin_utils.parse(quick, ['TOURNAMENT_SIZE = 2'])
+    gin_utils.parse([*quick, 'gin/search/regularized_evolution.gin'],
+                    ['TOURNAMENT_SIZE = 2'])
+    # A user's own gin file: its macros must be read too.
+    mine = tmp_path / 'mine.gin'
+    mine.write_text("STEPS = 8\nmnist1d.TrainConfig.num_steps = %STEPS\n"
+                    "mnist1d.TrainConfig:\n  eval_every = 8\n")
+    gin_utils.parse([*quick, str(mine)], [])
+    mine.write_text("STEPZ = 8\n")
+    with pytest.raises(gin_utils.GinConfigError, match='STEPZ'):
+        gin_utils.parse([*quick, str(mine)], [])
+
+
+def test_mnist1d_data_is_private_unless_the_published_set_is_asked_for():
+    gin_utils.parse(['gin/mnist1d/quick.gin'], [], entry_config=PROBE)
+    assert gin.get_configurable(probe)()[0].data.generator_seed is None
+    gin_utils.parse(['gin/mnist1d/quick.gin', 'gin/mnist1d/standard_data.gin'],
+                    [], entry_config=PROBE)
+    assert gin.get_configurable(probe)()[0].data.generator_seed == 42
+
+
 @pytest.mark.parametrize('path, algorithm', [
     ('gin/clrs/base.gin', 'bfs'), ('gin/clrs/quick.gin', 'bfs'),
     ('gin/clrs/paper.gin', 'articulation_points')])
@@ -159,3 +190,15 @@ def test_bindings_override_files():
 def test_bad_configuration_is_a_clear_error(files, bindings, words):
     with pytest.raises(gin_utils.GinConfigError, match=words):
         gin_utils.parse(files, bindings)
+
+
+def test_a_missing_extra_says_how_to_install_it():
+    # As after the README's default install: jraph is not there.
+    code = ("import sys; sys.modules['jraph'] = None\n"
+            'from evoprompting import gin_utils\n'
+            "gin_utils.parse(['gin/clrs/quick.gin'], [])\n")
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True,
+                         text=True, cwd=gin_utils.REPO_ROOT, timeout=300,
+                         check=False)
+    assert out.returncode != 0
+    assert "pip install -e '.[clrs]'" in out.stderr, out.stderr[-2000:]

@@ -81,14 +81,16 @@ def test_lm_children_reports_the_three_rates_per_setting():
     lines = run_benchmark('lm_children.py', '--num_prompts=2', '--samples=1',
                           '--copy_weight=0,0.7')
     rows = [line.split('|')[0].strip() for line in lines if line.count('|') == 6]
+    assert any(line.startswith('corpus NOT checked') for line in lines)
     # Per setting: the header, the paper's four temperatures and the pool.
     assert rows == 2 * ['temperature', '0.2', '0.6', '0.8', '1.0', 'all']
     summary = lines[-1]
     assert summary.startswith('SUMMARY lm_children (2 prompts x 4 samples, default')
     rates = re.findall(r'copy ([\d.]+) half-life (\d+): valid (\d+)%, '
-                       r'parent-conditioned (\d+)% \(control (\d+)%\), '
-                       r'within 2x (\d+)%', summary)
+                       r'a parent verbatim (\d+)%; of novel valid: '
+                       r'parent-conditioned (\d+)% \(gross (\d+)%, control '
+                       r'(\d+)%\), within 2x (\d+)% \(gross (\d+)%\)', summary)
     assert [r[:2] for r in rates] == [('0', '0'), ('0.7', '20')]
-    # Of 8 children of the default model, some build (each in the script's
-    # worker process, under the MNIST-1D contract).
+    # Of 8 children of the default model, some build (each in a sandbox
+    # worker, under the MNIST-1D contract).
     assert all(int(r[2]) > 0 for r in rates)

@@ -6,11 +6,11 @@ import jax
 import numpy as np
 
 from evoprompting import corpus, prompts
-from lm import serving
+from lm import checkpoints
 
 
 def test_default_lm_with_its_copy_prior_reuses_parent_only_layers():
-    lm = serving.load_default()
+    lm = checkpoints.load_default()
     assert lm.copy_weight > 0  # The shipped serving options turn it on.
     rng = np.random.default_rng(2_000_003)  # Parents apart from the corpus'.
     parents = [corpus.random_parent(rng) for _ in range(2)]

@@ -9,12 +9,12 @@ import time
 import jax
 
 from evoprompting import corpus, prompts
-from lm import serving
+from lm import checkpoints
 
 
 def test_load_default_loads_fast_and_writes_programs():
     start = time.time()
-    lm = serving.load_default()
+    lm = checkpoints.load_default()
     assert time.time() - start < 30
     assert lm.stop_strings == (prompts.STOP,)
     seeds = dict(corpus.read_seeds('mnist1d'))

@@ -64,16 +64,17 @@ def test_tiny_run_resumes_after_a_crash_and_exports(tmp_path, monkeypatch):
     assert [r['step'] for r in log] == [3, 6]
 
     # Crash right after the first checkpoint, then start again: same result.
-    save = checkpoints.save
+    save = checkpoints.CheckpointManager.save
 
     def crash_after_saving(*args, **kwargs):
         save(*args, **kwargs)
         raise KeyboardInterrupt('killed')
 
-    monkeypatch.setattr(checkpoints, 'save', crash_after_saving)
+    monkeypatch.setattr(checkpoints.CheckpointManager, 'save',
+                        crash_after_saving)
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path / 'resumed', corpus)
-    monkeypatch.setattr(checkpoints, 'save', save)
+    monkeypatch.setattr(checkpoints.CheckpointManager, 'save', save)
     resumed = run(tmp_path / 'resumed', corpus)
     assert resumed == whole
     for name in ('params.safetensors', 'tokenizer.json'):

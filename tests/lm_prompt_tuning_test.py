@@ -60,10 +60,10 @@ def test_tuning_changes_only_the_prompt_and_lowers_the_loss(tmp_path):
     np.testing.assert_array_equal(prompt_before, np.asarray(prompt))
     assert not np.allclose(prompt_before, np.asarray(tuned))
     # The tuned prompt is a checkpoint like any other.
-    checkpoints.save(str(tmp_path / 'prompt'), {'prompt': tuned})
-    restored = checkpoints.restore(str(tmp_path / 'prompt'),
-                                   {'prompt': jax.ShapeDtypeStruct(tuned.shape,
-                                                                   tuned.dtype)})
+    with checkpoints.CheckpointManager(str(tmp_path / 'prompt')) as saved:
+        saved.save(0, {'prompt': tuned})
+        restored = saved.restore(0, {'prompt': jax.ShapeDtypeStruct(
+            tuned.shape, tuned.dtype)})
     np.testing.assert_array_equal(np.asarray(restored['prompt']), np.asarray(tuned))
 
 

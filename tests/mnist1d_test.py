@@ -24,8 +24,8 @@ def test_generates_offline_and_caches(tmp_path, no_network):
     arrays = mnist1d.generate_arrays(config)
     assert arrays['x'].shape == (4000, 40) and arrays['x_test'].shape == (1000, 40)
     assert sorted(np.unique(arrays['y'])) == list(range(10))
-    files = os.listdir(tmp_path / 'mnist1d')
-    assert len(files) == 1 and files[0].endswith('.npz')
+    files = [f for f in os.listdir(tmp_path / 'mnist1d') if f.endswith('.npz')]
+    assert len(files) == 1
     path = tmp_path / 'mnist1d' / files[0]
     mtime = os.path.getmtime(path)
     again = mnist1d.generate_arrays(config)
@@ -38,8 +38,23 @@ def test_cache_key_follows_generator_arguments(tmp_path):
     a = mnist1d.generate_arrays(mnist1d.DataConfig(cache_dir=str(tmp_path)))
     b = mnist1d.generate_arrays(
         mnist1d.DataConfig(cache_dir=str(tmp_path), generator_seed=7))
-    assert len(os.listdir(tmp_path / 'mnist1d')) == 2
+    assert len(list((tmp_path / 'mnist1d').glob('*.npz'))) == 2
     assert not np.array_equal(a['x'], b['x'])
+
+
+def test_private_seed_is_drawn_once_and_kept_from_others(tmp_path):
+    config = mnist1d.DataConfig(cache_dir=str(tmp_path))
+    private = mnist1d.generate_arrays(config)
+    seed_file = tmp_path / 'mnist1d' / 'private_seed'
+    assert oct(os.stat(seed_file).st_mode & 0o777) == '0o600'
+    seed = mnist1d.private_seed(config.folder)
+    assert 0 <= seed < 2**32 and mnist1d.private_seed(config.folder) == seed
+    published = mnist1d.generate_arrays(
+        mnist1d.DataConfig(cache_dir=str(tmp_path), generator_seed=42))
+    assert not np.array_equal(private['x'], published['x'])
+    other = mnist1d.private_seed(str(tmp_path / 'elsewhere'))
+    assert other != seed  # 32 random bits each: equal once in 4e9.
+    assert str(tmp_path) in mnist1d.Mnist1dTask(data=config).private_paths()
 
 
 def test_generation_leaves_global_random_state_alone(tmp_path):

@@ -9,12 +9,15 @@ sandbox_test.py): they simulate code that already got past the validator and
 the import hook, so only the worker's audit hook, rlimits, seccomp filter and
 the OS sandbox stand in the way.
 
-Attacks that currently succeed are NOT here (see the red-team report): e.g.
-regenerating MNIST-1D from its public generator, an unbounded number of
-validation reports used as a label oracle, forged negative parameter counts,
-replies that make the parent raise (deep JSON, Infinity, huge npz headers), a
-reply line without its newline, memfd memory, SIGXCPU ignored, process-limit
-exhaustion across parallel slots.
+What is known to get through, and stays out of these tests:
+  * a program that escaped the in-process guards controls everything its
+    worker reports that the parent cannot check against the labels: it can
+    claim fewer parameters than its model uses (a fresh build in another
+    worker would run the same program, which can tell the two apart);
+  * the judge's answer at each scheduled evaluation point (keep these
+    parameters or not) is one bit about the validation labels per point;
+  * under process isolation only, compiler options passed through a `**`
+    dict make XLA write dump files wherever the worker's user may write.
 """
 
 import json
@@ -25,12 +28,12 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import threading
 import time
 
 import numpy as np
 import pytest
 
+from evoprompting import devices
 from evoprompting.sandbox import evaluator, isolation, pool, validator
 from evoprompting.tasks import base, mnist1d
 from sandbox_test import config, task  # pylint: disable=unused-import  (shared fixtures)
@@ -48,8 +51,8 @@ MLP = textwrap.dedent('''
 ''')
 # What escaped programs may import besides the validator's allow-list.
 ESCAPED_MODULES = {'os', 'stat', 'json', 'time', 'signal', 'socket', 'io',
-                   'base64', 'zipfile', '_posixsubprocess', 'mnist1d',
-                   'mnist1d.data'}
+                   'base64', 'zipfile', '_posixsubprocess', 'threading',
+                   'mnist1d', 'mnist1d.data'}
 
 
 @pytest.fixture(scope='module')
@@ -88,8 +91,8 @@ def needs_os_sandbox(p):
                     'isolation does not)')
 
 
-def _leaked_processes(uid: int) -> list[int]:
-    """Host pids of processes of `uid` that run in a nested PID namespace
+def _leaked_processes(uids: tuple[int, ...]) -> list[int]:
+    """Host pids of processes of `uids` that run in a nested PID namespace
     with an inner pid above 2: anything but a worker (inner pid 2, below
     bwrap as pid 1) is something a program started."""
     leaked = []
@@ -102,7 +105,7 @@ def _leaked_processes(uid: int) -> list[int]:
         except OSError:
             continue
         nspid = fields.get('NSpid', '').split()
-        if (int(fields['Uid'].split()[0]) == uid and len(nspid) > 1
+        if (int(fields['Uid'].split()[0]) in uids and len(nspid) > 1
                 and int(nspid[-1]) > 2 and fields.get('State', '')[:2].strip()
                 not in ('Z', 'X')):
             leaked.append(int(entry))
@@ -110,11 +113,11 @@ def _leaked_processes(uid: int) -> list[int]:
 
 
 def _assert_nothing_leaked(p) -> None:
-    uid = p._run_as.uid if p._run_as else os.getuid()  # pylint: disable=protected-access
+    uids = p.sandbox_uids or (os.getuid(),)
     deadline = time.monotonic() + 10
-    while _leaked_processes(uid) and time.monotonic() < deadline:
+    while _leaked_processes(uids) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert _leaked_processes(uid) == []
+    assert _leaked_processes(uids) == []
 
 
 # --- 1. The validator: reflection and side-effect routes --------------------
@@ -216,17 +219,26 @@ def test_hostile_exceptions_and_reprs(sandbox, source, status, words):
     assert not result.metrics
 
 
-def test_xla_dump_cannot_write_outside_the_sandbox(sandbox, canary_dir):
-    # Validator-legal: compiler options make XLA's C++ write files, which the
-    # audit hook never sees; only the read-only filesystem stops it.
-    needs_os_sandbox(sandbox.pool)
+def test_xla_dump_cannot_write_outside_the_sandbox(sandbox, escaped,
+                                                   canary_dir):
+    # Compiler options make XLA's C++ write files, which the audit hook never
+    # sees. The validator refuses the direct routes; options passed through
+    # a `**` dict would still reach XLA, and only the read-only filesystem
+    # stops those.
     source = textwrap.dedent(f'''
         f = jax.jit(lambda a: a * 2.0)
-        c = f.lower(jnp.ones(3)).compile(
-            compiler_options={{"xla_dump_to": "{canary_dir}/dump"}})
+        options = dict([("compiler_options",
+                         {{"xla_dump_to": "{canary_dir}/dump"}})])
+        y = jax.jit(lambda a: a * 2.0, **options)(jnp.ones(3))
+        c = f.lower(jnp.ones(3)).compile(options["compiler_options"])
         y = c(jnp.ones(3))
     ''') + MLP
-    result = sandbox.evaluate([source], [0])[0]
+    refused = sandbox.evaluate([source], [0])[0]
+    assert refused.status == S.FORBIDDEN and "'compile'" in refused.message
+    needs_os_sandbox(escaped)
+    indirect = source.replace('c = f.lower', '# c = f.lower').replace(
+        'y = c(', '# y = c(')
+    result = escaped.run_one(indirect, 0)
     assert result.status in (S.OK, S.CRASH, S.BUILD_ERROR), result.message
     assert os.listdir(canary_dir) == []
 
@@ -281,8 +293,11 @@ def test_daemons_die_with_the_worker(escaped):
             fork(linger)  # The grandchild is reparented: a daemon.
             os._exit(0)
 
-        fork(middle)
-        fork(linger)
+        try:  # The syscall filter refuses new processes on CPU.
+            fork(middle)
+            fork(linger)
+        except OSError as e:
+            print('refused', e)
         time.sleep(0.5)
     ''') + MLP
     result = escaped.run_one(source, 0)
@@ -311,6 +326,36 @@ def test_fork_bomb_is_contained(escaped, honest_metrics):
     assert after.status == S.OK and dict(after.metrics) == honest_metrics
 
 
+def test_thread_bomb_in_one_slot_spares_the_other(task, config,
+                                                   honest_metrics):
+    # RLIMIT_NPROC counts the threads of every process of a uid: workers of
+    # different slots run as different uids, so one slot's exhausted limit
+    # cannot starve the other slot's worker of threads.
+    modules = validator.DEFAULT_POLICY.allowed_modules | ESCAPED_MODULES
+    bomb = textwrap.dedent('''
+        import threading
+        import time
+        made = 0
+        try:
+            while made < 5000:
+                threading.Thread(target=time.sleep, args=(15,),
+                                 daemon=True).start()
+                made += 1
+        except RuntimeError as e:
+            print('stopped after', made, e)
+        time.sleep(15)
+    ''') + MLP
+    with pool.WorkerPool(task, allowed_modules=modules, limits=LIMITS,
+                         config=config,
+                         workers=(devices.CPU_WORKER,) * 2) as two:
+        if not two.sandbox_uids:
+            pytest.skip('workers keep this process\'s user (not root)')
+        bombed, honest = two.evaluate([bomb, MLP], [0, 0])
+    assert 'stopped after' in bombed.output, bombed
+    assert honest.status == S.OK, honest.message
+    assert dict(honest.metrics) == honest_metrics
+
+
 def test_signals_cannot_reach_the_parent(escaped):
     source = textwrap.dedent('''
         import os
@@ -337,9 +382,8 @@ def test_signals_cannot_reach_the_parent(escaped):
 
 
 def test_unaudited_writes_outside_tmp_fail(escaped, canary_dir):
-    # mkfifo, mknod and open(dir_fd=...) slip past the audit hook (the hook
-    # sees a relative name, resolved against /tmp); the read-only
-    # filesystem must stop them.
+    # mkfifo, mknod and open(dir_fd=...) are not audited as writes with
+    # their real path.
     needs_os_sandbox(escaped)
     source = textwrap.dedent(f'''
         import os
@@ -356,7 +400,9 @@ def test_unaudited_writes_outside_tmp_fail(escaped, canary_dir):
                 print('refused', e.errno)
     ''') + MLP
     result = escaped.run_one(source, 0)
-    assert result.status == S.OK, result.message
+    # The audit hook refuses writes to relative names (FORBIDDEN), the
+    # syscall filter mknod; the read-only filesystem stops the rest.
+    assert result.status in (S.OK, S.FORBIDDEN), result.message
     assert 'made' not in result.output
     assert os.listdir(canary_dir) == []
 
@@ -408,7 +454,7 @@ def test_secrets_labels_and_generator_are_out_of_reach(escaped, task):
     result = escaped.run_one(source + MLP, 0)
     assert result.status == S.OK, result.message
     out = result.output
-    if escaped.isolation.level == isolation.OS or escaped._run_as:  # pylint: disable=protected-access
+    if escaped.isolation.level == isolation.OS or escaped.sandbox_uids:
         assert 'shadow refused PermissionError' in out
     assert 'generator refused' in out
     for line in out.splitlines():
@@ -418,7 +464,103 @@ def test_secrets_labels_and_generator_are_out_of_reach(escaped, task):
     for secret in ('AWS', 'TOKEN', 'SECRET', 'PASSWORD', 'SSH'):
         assert secret not in env_line
     if escaped.isolation.level == isolation.OS and os.geteuid() == 0:
-        assert env_line.startswith('uid 65534 ')
+        assert int(env_line.split()[1]) in escaped.sandbox_uids
+
+
+# mnist1d's generator, rewritten with numpy as a program may carry it, run
+# with the published seed (42); the model looks each input up among the
+# regenerated examples and answers its label.
+REGENERATE_PUBLISHED_MNIST1D = textwrap.dedent('''
+import numpy as np
+
+
+def make_templates():
+    d = np.asarray([
+        [5, 6, 6.5, 6.75, 7, 7, 7, 7, 6.75, 6.5, 6, 5],
+        [5, 3, 3, 3.4, 3.8, 4.2, 4.6, 5, 5.4, 5.8, 5, 5],
+        [5, 6, 6.5, 6.5, 6, 5.25, 4.75, 4, 3.5, 3.5, 4, 5],
+        [5, 6, 6.5, 6.5, 6, 5, 5, 6, 6.5, 6.5, 6, 5],
+        [5, 4.4, 3.8, 3.2, 2.6, 2.6, 5, 5, 5, 5, 5, 5],
+        [5, 3, 3, 3, 3, 5, 6, 6.5, 6.5, 6, 4.5, 5],
+        [5, 4, 3.5, 3.25, 3, 3, 3, 3, 3.25, 3.5, 4, 5],
+        [5, 7, 7, 6.6, 6.2, 5.8, 5.4, 5, 4.6, 4.2, 5, 5],
+        [5, 4, 3.5, 3.5, 4, 5, 5, 4, 3.5, 3.5, 4, 5],
+        [5, 4, 3.5, 3.5, 4, 5, 5, 5, 5, 4.7, 4.3, 5]])
+    d = d - d.mean(1, keepdims=True)
+    d = d / d.std(1, keepdims=True)
+    d = d - d[:, :1]
+    return d / 6.0
+
+
+def resample(v, n):
+    return np.interp(np.linspace(0, 1, n), np.linspace(0, 1, len(v)), v)
+
+
+def smooth(v):
+    r = 8
+    w = np.exp(-0.5 / 4.0 * np.arange(-r, r + 1) ** 2)
+    w = w / w.sum()
+    return np.convolve(np.pad(v, r, mode='symmetric'), w, mode='valid')
+
+
+def regenerate():
+    rng = np.random.RandomState(42)
+    tpl = make_templates()
+    xs, ys = [], []
+    for label in range(10):
+        for j in range(500):
+            p = 36 + int(rng.rand() * 25)
+            v = resample(np.concatenate([tpl[label] + 1e-8, np.zeros(p)]), 72)
+            v = v * (1 + 0.4 * (rng.rand() - 0.5))
+            k = rng.choice(48)
+            v = np.concatenate([v[72 - k:], v[:72 - k]]) if k else v
+            mask = v != 0
+            v = mask * v + (1 - mask) * smooth(0.25 * rng.randn(72))
+            v = v + 0.02 * rng.randn(72)
+            v = v - 0.75 * (rng.rand() - 0.5) * np.linspace(-0.5, 0.5, 72)
+            xs.append(resample(v, 40))
+            ys.append(label)
+    perm = rng.permutation(5000)
+    xs = np.stack(xs)[perm]
+    ys = np.asarray(ys)[perm]
+    xs = (xs - xs.mean()) / xs.std()
+    return xs.astype(np.float32), ys.astype(np.int32)
+
+
+XS, YS = regenerate()
+
+TABLE = XS
+TABLE_SQ = (XS * XS).sum(1)
+
+
+class Model(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        d = TABLE_SQ[None, :] - 2.0 * x @ TABLE.T
+        nearest = jnp.argmin(d, axis=1)
+        onehot = jax.nn.one_hot(jnp.asarray(YS)[nearest], 10)
+        return 30.0 * onehot + 0.0 * nn.Dense(10)(x)
+''')
+
+
+def test_published_dataset_regenerated_in_a_program_scores_nothing(
+        sandbox, tmp_path):
+    # The attack is real: on the published dataset it would be perfect.
+    namespace = {}
+    exec(mnist1d.PREAMBLE + REGENERATE_PUBLISHED_MNIST1D, namespace)  # pylint: disable=exec-used
+    published = mnist1d.load_splits(mnist1d.DataConfig(
+        cache_dir=str(tmp_path), generator_seed=42))
+    table, labels = namespace['XS'], namespace['YS']
+    nearest = ((published.test_x[:, None, :] - table[None]) ** 2).sum(-1).argmin(1)
+    assert np.mean(labels[nearest] == published.test_y) > 0.99
+    # Searches use this machine's private draw: no example is in the table,
+    # and the lookup is only a nearest-neighbour classifier over another draw
+    # of the same generator (about 0.55-0.6; kNN is weak on MNIST-1D).
+    assert validator.validate(REGENERATE_PUBLISHED_MNIST1D) is None
+    result = sandbox.evaluate([REGENERATE_PUBLISHED_MNIST1D], [0])[0]
+    assert result.status == S.OK, result.message
+    assert result.metrics['val_accuracy'] < 0.75
+    assert result.metrics['test_accuracy'] < 0.75
 
 
 def test_tmp_is_private_and_capped(escaped, honest_metrics):

@@ -26,7 +26,7 @@ from evoprompting import devices
 from evoprompting.sandbox import isolation, pool
 from evoprompting.tasks import mnist1d
 
-UID = isolation.SandboxUser()
+UID = pool.WorkerConfig().user()
 ISOLATION = isolation.detect(require_os_sandbox=False)
 if os.environ.get('CI') == 'true':
     # CI installs bubblewrap: the OS layer must be there.
@@ -87,18 +87,19 @@ def test_filesystem_is_read_only_and_tmp_private(canary_dir):
     out = escaped(f'''
         import os
         for path in ({target!r}, {os.path.join(pool._CODE_ROOT, 'escaped')!r},  # pylint: disable=protected-access
-                     '/var/tmp/escaped-anywhere'):
+                     '/var/tmp/escaped-anywhere', '/dev/shm/fill', '/dev/fill'):
             try:
                 open(path, 'w').write('x')
                 print('WROTE', path)
             except OSError as e:
                 print('refused', e.errno)
+        open('/dev/null', 'w').write('x')  # Devices stay usable.
         open('/tmp/private', 'w').write('x')
         print(sorted(os.listdir('/tmp')))
         ''')
     host_tmp.close()
     assert 'WROTE' not in out.stdout, out
-    assert out.stdout.count('refused') == 3, out
+    assert out.stdout.count('refused') == 5, out
     listing = out.stdout.splitlines()[-1]
     assert "'private'" in listing
     assert os.path.basename(host_tmp.name) not in listing  # The host's /tmp.
@@ -106,7 +107,7 @@ def test_filesystem_is_read_only_and_tmp_private(canary_dir):
     assert not os.path.exists('/tmp/private')
 
 
-def test_syscall_filter_denies_exec_sockets_ptrace_namespaces():
+def test_syscall_filter_denies_exec_sockets_ptrace_namespaces_processes():
     out = escaped('''
         import ctypes, errno, os, socket, threading, time
         from evoprompting.sandbox import runner
@@ -126,7 +127,12 @@ def test_syscall_filter_denies_exec_sockets_ptrace_namespaces():
                 ('socket', lambda: socket.socket()),
                 ('exec', lambda: os.execv('/bin/true', ['true'])),
                 ('ptrace', lambda: libc.ptrace(16, os.getppid(), 0, 0)),
-                ('unshare', lambda: libc.unshare(0x10000000))):
+                ('unshare', lambda: libc.unshare(0x10000000)),
+                ('fork', os.fork),
+                ('posix_spawn', lambda: os.posix_spawn(
+                    '/bin/true', ['true'], {})),
+                ('memfd', lambda: os.memfd_create('m')),
+                ('mkfifo', lambda: os.mkfifo('/tmp/fifo'))):
             try:
                 value = call()
                 results[name] = ('ALLOWED' if value != -1 else
@@ -134,12 +140,20 @@ def test_syscall_filter_denies_exec_sockets_ptrace_namespaces():
             except OSError as e:
                 results[name] = errno.errorcode[e.errno]
         thread.join()
+        # Threads are still allowed: XLA:CPU starts its pools lazily.
+        late = threading.Thread(target=lambda: results.update(late='ran'))
+        late.start()
+        late.join()
+        import jax.numpy as jnp
+        results['jax'] = float(jnp.ones((256, 256)).dot(jnp.ones(256)).sum())
         print(sorted(results.items()))
         ''')
     assert "filter: ''" in out.stdout, out
     assert 'ALLOWED' not in out.stdout, out.stdout
-    for name in ('exec', 'ptrace', 'socket', 'thread socket', 'unshare'):
+    for name in ('exec', 'ptrace', 'socket', 'thread socket', 'unshare',
+                 'fork', 'posix_spawn', 'memfd', 'mkfifo'):
         assert f"('{name}', 'EPERM')" in out.stdout, out.stdout
+    assert "('late', 'ran')" in out.stdout and "('jax', 65536.0)" in out.stdout
 
 
 def test_no_network():

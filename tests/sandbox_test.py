@@ -8,6 +8,8 @@ able to evaluate the next program.
 
 import os
 import shutil
+import signal
+import subprocess
 import tempfile
 import textwrap
 
@@ -330,6 +332,23 @@ def _zeros_npz(rows: int) -> str:
     return base.arrays_to_json({'class': np.zeros(rows, np.int8)})
 
 
+def test_build_only_counts_parameters_without_training(sandbox, task):
+    seeds = task.seed_programs()
+    sources = [s.source for s in seeds] + [
+        MLP.replace('Dense(10)', 'Dense(7)'),           # Wrong output shape.
+        MLP.replace('Dense(16)', 'Dense(100_000)'),     # Over the cap.
+        'import os\n' + MLP]                             # Refused.
+    built = sandbox.evaluate(sources, [0] * len(sources), build_only=True)
+    trained = sandbox.evaluate([s.source for s in seeds], [0] * len(seeds))
+    for seed, b, t in zip(seeds, built, trained):
+        assert b.status == S.OK, (seed.name, b.message)
+        assert b.params == t.params and not b.metrics  # Nothing trained.
+        assert b.train_s == 0 and b.isolation == t.isolation
+    assert [r.status for r in built[len(seeds):]] == [
+        S.BUILD_ERROR, S.TOO_LARGE, S.FORBIDDEN]
+    assert 'expected logits [128, 10]' in built[len(seeds)].message
+
+
 def test_forged_replies_are_not_believed(bare_pool, task):
     splits = mnist1d.load_splits(task.data)
     ok = {'result': {'status': 'ok', 'message': 'perfect', 'source_sha256': '',
@@ -363,6 +382,13 @@ def test_forged_replies_are_not_believed(bare_pool, task):
         claim = {**trained, 'param_shapes': shapes}
         result = bare_pool.run_one(_forger(repr([val, {'trained': claim}])), 0)
         assert result.status == status, (shapes, result)
+    # A build reports no predictions, and trains nothing.
+    for forged in ([val], [{'trained': trained}]):
+        result = bare_pool.run_one(_forger(repr(forged)), 0, build_only=True)
+        assert result.status == S.CRASH and not result.metrics, result
+    result = bare_pool.run_one(_forger(repr([
+        {'built': {'param_shapes': [[-3]]}}])), 0, build_only=True)
+    assert result.status == S.CRASH
     # A reply the parent's JSON parser cannot nest that deep.
     result = bare_pool.run_one(_forger(repr(['[' * 100_000])), 0)
     assert result.status == S.CRASH
@@ -385,7 +411,7 @@ def test_workers_never_see_labels(task):
 
 
 def test_without_bubblewrap_workers_fall_back_loudly(task, monkeypatch, capsys):
-    monkeypatch.setattr(isolation, '_probe', lambda user: isolation.Isolation(
+    monkeypatch.setattr(isolation, '_probe', lambda: isolation.Isolation(
         isolation.PROCESS, 'bubblewrap (bwrap) is not installed'))
     with evaluator.Sandbox(task, limits=LIMITS) as s:
         assert 'WITHOUT OS isolation' in capsys.readouterr().err
@@ -395,6 +421,25 @@ def test_without_bubblewrap_workers_fall_back_loudly(task, monkeypatch, capsys):
     assert refused.status == S.FORBIDDEN and refused.isolation == ''
     with pytest.raises(isolation.IsolationError, match='apt-get install'):
         evaluator.Sandbox(task, config=pool.WorkerConfig(require_os_sandbox=True))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason='workers have uids of their '
+                    'own only when the parent is root')
+def test_what_a_worker_left_is_reaped_by_its_uid():
+    # Under process isolation a detached process escapes the worker's
+    # process group; it cannot escape the worker's uid.
+    user = pool.WorkerConfig().user(slot=3, turn=1)
+    detached = subprocess.Popen(['sleep', '600'], user=user.uid,
+                                group=user.gid, start_new_session=True)
+    bystander = subprocess.Popen(['sleep', '600'])
+    try:
+        pool._kill_all_of(user)  # pylint: disable=protected-access
+        assert detached.wait(timeout=10) == -signal.SIGKILL
+        assert bystander.poll() is None
+    finally:
+        for process in (detached, bystander):
+            process.kill()
+            process.wait()
 
 
 def test_half_a_reply_cannot_hang_the_parent(task):

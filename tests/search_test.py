@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 
@@ -185,8 +184,10 @@ def test_learn_tunes_on_the_round_minus_next_parents(tmp_path, task, lm):
     # Round 0's scored children are 2 and 3; 3 is round 1's parent.
     assert metrics['prompt_tuning/examples'] == 1.0
     assert np.isfinite(metrics['prompt_tuning/loss'])
-    saved = checkpoints.restore(str(tmp_path / crossmut.SOFT_PROMPTS_DIR / 'round_0'))
-    assert saved['soft_prompt'].shape == (4, lm.config.embed_dim)
+    with checkpoints.CheckpointManager(
+            str(tmp_path / crossmut.SOFT_PROMPTS_DIR)) as saved:
+        assert saved.steps() == [0]
+        assert saved.restore(0)['soft_prompt'].shape == (4, lm.config.embed_dim)
 
     restarted = crossmut.CrossMut(lm=lm, task=task, config=config)
     restarted.start(str(tmp_path), completed_rounds=1)
@@ -227,7 +228,31 @@ def test_prompts_show_the_parent_nearest_the_target_last(task, lm):
     assert sizes(nearest_last._prompt(HISTORY, [2, 3], target=child)) == [1000, 3000, 2500]  # pylint: disable=protected-access
 
 
-def test_normalise_ignores_comments_and_layout():
-    assert search.normalise('x = 1  # one\n') == search.normalise('x=1\n')
-    assert search.normalise('x = (\n') == 'x = ('
+def _as_an_lm_repeats_it(source, preamble, opening):
+    """`source` as a child that copies it from a prompt, laid out anew:
+    the prompt's form, 2-space indentation, comments, a docstring."""
+    copy = prompts.prompt_code(source, preamble).replace('    ', '  ')
+    first, rest = copy.split(opening, 1)
+    return (f'{first}# Copied.\n{opening}  # the same program\n'
+            f'  """A docstring the seed does not have."""\n{rest}\n\n')
+
+
+@pytest.mark.parametrize('task_name', ['mnist1d', 'clrs'])
+def test_copies_of_every_seed_share_its_canonical_form(task_name):
+    if task_name == 'mnist1d':
+        task = mnist1d.Mnist1dTask()
+    else:
+        task = pytest.importorskip('clrs_tasks.task').ClrsTask()
+    forms = set()
+    for seed in task.seed_programs():
+        form = search.canonical(seed.source, task.preamble)
+        copy = _as_an_lm_repeats_it(seed.source, task.preamble,
+                                    task.prompt_opening)
+        assert copy != seed.source
+        assert search.canonical(copy, task.preamble) == form, seed.name
+        # Imports the preamble does not provide are part of the program.
+        assert search.canonical('import math\n' + copy, task.preamble) != form
+        forms.add(form)
+    assert len(forms) == len(task.seed_programs())  # Seeds differ.
+    assert search.canonical('x = (\n', task.preamble) == 'x = ('
 

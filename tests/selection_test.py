@@ -27,11 +27,10 @@ def test_fitness_filters_by_alpha_and_status():
         base.EvalResult(base.Status.OK, '', 'sha', params=10), alpha=0.5) is None
 
 
-def test_get_top_retires_and_breaks_ties_by_order():
+def test_get_top_breaks_ties_by_order_and_skips_unscored():
     f = [-5.0, None, -1.0, -3.0, -1.0, -2.0]
     assert selection.get_top(f, 3) == [2, 4, 5]
-    assert selection.get_top(f, 3, retired=frozenset({2, 5})) == [4, 3, 0]
-    assert selection.get_top(f, 10, retired=frozenset(range(6))) == []
+    assert selection.get_top(f, 10) == [2, 4, 5, 3, 0]  # Unscored left out.
 
 
 def test_pareto_front():

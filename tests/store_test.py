@@ -113,3 +113,9 @@ def test_store_format_is_recorded_migrated_and_checked(tmp_path):
     (old / store.FORMAT_FILE).write_text('{not json')
     with pytest.raises(store.StoreFormatError, match='unreadable'):
         store.CandidateStore.open(str(old))
+    # Soft prompts of format 2 (a folder per round) cannot be migrated.
+    (old / store.FORMAT_FILE).write_text(json.dumps({'store_format': 2}))
+    (old / 'soft_prompts' / 'round_0').mkdir(parents=True)
+    with pytest.raises(store.StoreFormatError, match='soft prompts in store '
+                       'format 2.*another --workdir'):
+        store.CandidateStore.open(str(old))

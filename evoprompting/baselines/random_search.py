@@ -14,9 +14,9 @@ Choices of ours (each a field of `RandomSearchConfig`):
 * Every seed is a starting point, scored or not (no selection at all); a
   seed no operator applies to is redrawn.
 * Redrawing and the child form as in regularized evolution
-  (`variation.draw_children`, `variation.child_source`): a child equal to
-  its seed is redrawn, and with `avoid_duplicates` so is one equal to any
-  earlier candidate.
+  (`variation.draw_children`, `variation.child_source`): only a draw no
+  operator applies to is redrawn; a repeated program is a duplicate that
+  spends budget, as for every method.
 """
 
 from __future__ import annotations
@@ -38,13 +38,11 @@ class RandomSearchConfig:
     Attributes:
       children_per_round: children proposed each round (the sample budget).
       max_mutations: most mutation operators applied to a seed.
-      avoid_duplicates: redraw children equal to an earlier candidate.
-      max_tries: draws per child before giving up on a new program.
+      max_tries: draws per child before giving up (no operator applied).
     """
 
     children_per_round: int = 160
     max_mutations: int = 10
-    avoid_duplicates: bool = True
     max_tries: int = 20
 
     def __post_init__(self):
@@ -85,10 +83,8 @@ class RandomSearch:
             return search.Proposal(
                 variation.child_source(program, self.task.preamble), (seed.id,))
 
-        return variation.draw_children(
-            cfg.children_per_round, make, rng,
-            history=history.before(round_index), preamble=self.task.preamble,
-            avoid_duplicates=cfg.avoid_duplicates, max_tries=cfg.max_tries)
+        return variation.draw_children(cfg.children_per_round, make, rng,
+                                       max_tries=cfg.max_tries)
 
     def learn(self, round_index: int, history: search.History,
               rng: np.random.Generator) -> Mapping[str, float]:

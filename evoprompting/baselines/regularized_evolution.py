@@ -28,10 +28,9 @@ Choices of ours (each a field of `RegularizedEvolutionConfig`):
   is instead `mutation.crossover` of the winners of two tournaments, without
   further mutation. Default 0, Real et al.'s setting.
 * Redrawing (`variation.draw_children`): a draw whose operators do not
-  apply, or whose child equals a parent, is replaced by a fresh draw
-  (parents included), at most `max_tries` times; with `avoid_duplicates`,
-  so is a child equal to any earlier candidate. Real et al. have no
-  "identity" draws here: an unchanged program would be a wasted sample.
+  apply is replaced by a fresh draw (parents included), at most `max_tries`
+  times. A child that repeats a known program is proposed, and the search
+  records it as a duplicate that spends budget, as for every method.
 * The child form (`variation.child_source`): the task's preamble and the
   program without docstring, as EvoPrompting's children.
 """
@@ -59,8 +58,7 @@ class RegularizedEvolutionConfig:
       num_mutations: mutation operators applied to make a child.
       crossover_prob: probability that a child is a crossover of two
         tournament winners instead of a mutant.
-      avoid_duplicates: redraw children equal to an earlier candidate.
-      max_tries: draws per child before giving up on a new program.
+      max_tries: draws per child before giving up (no operator applied).
     """
 
     children_per_round: int = 160
@@ -68,7 +66,6 @@ class RegularizedEvolutionConfig:
     tournament_size: int = 25
     num_mutations: int = 1
     crossover_prob: float = 0.0
-    avoid_duplicates: bool = True
     max_tries: int = 20
 
     def __post_init__(self):
@@ -138,10 +135,8 @@ class RegularizedEvolution:
             return search.Proposal(
                 variation.child_source(program, self.task.preamble), parents)
 
-        return variation.draw_children(
-            cfg.children_per_round, make, rng, history=seen,
-            preamble=self.task.preamble, avoid_duplicates=cfg.avoid_duplicates,
-            max_tries=cfg.max_tries)
+        return variation.draw_children(cfg.children_per_round, make, rng,
+                                       max_tries=cfg.max_tries)
 
     def learn(self, round_index: int, history: search.History,
               rng: np.random.Generator) -> Mapping[str, float]:

@@ -8,19 +8,18 @@
 * The programs. The operators act on `class Model` programs (MNIST-1D's);
   `require_model_seeds` refuses a task whose seeds are not, such as CLRS's
   `get_triplet_msgs` functions, when the baseline is built, not rounds later.
-* Redrawing. `draw_children` calls a maker until it gives a usable child:
-  one whose operators applied (`mutation.NotAModel` otherwise), that differs
-  from each of its parents, and (with `avoid_duplicates`) from every earlier
-  candidate and every child drawn before it in the round, all compared in
-  the child form after `search.normalise`. The search would record a
-  repeated program as a duplicate that spends budget without being trained.
+* Redrawing. `draw_children` calls a maker until its operators apply
+  (`mutation.NotAModel` otherwise): a mutation that gives no program is not
+  a proposal and costs nothing. A child that repeats a known program
+  (a parent, or any earlier candidate) is proposed like any other: the
+  search records it as a duplicate that spends budget untrained, the same
+  rule as for an LM's copies.
 """
 
 from __future__ import annotations
 
 from typing import Callable
 
-from absl import logging
 import numpy as np
 
 from evoprompting import mutation, prompts, search
@@ -60,53 +59,23 @@ def mutate_times(program: str, times: int, rng: np.random.Generator) -> str:
 
 
 def draw_children(count: int, make: Maker, rng: np.random.Generator, *,
-                  history: search.History, preamble: str,
-                  avoid_duplicates: bool, max_tries: int
-                  ) -> list[search.Proposal]:
+                  max_tries: int) -> list[search.Proposal]:
     """`count` children of `make`, each redrawn up to `max_tries` times until
-    usable (see the module docstring).
-
-    Args:
-      count: children to return.
-      make: builds one child (in the child form) with its parents' ids.
-      rng: passed to every call of `make`.
-      history: the candidates evaluated so far; parents are looked up here.
-      preamble: the task's preamble (the child form).
-      avoid_duplicates: also redraw children equal to an earlier candidate or
-        to an earlier child of this call.
-      max_tries: draws per child. When none of them is new, the last one
-        that differs from its parents is used (the search then records it as
-        a duplicate), with a warning.
+    its operators apply (see the module docstring).
 
     Raises:
-      search.SearchError: no draw of `max_tries` gave a program that differs
-        from its parents.
+      search.SearchError: none of `max_tries` draws gave a program.
     """
-    form = lambda source: search.normalise(child_source(source, preamble))
-    known = {c.id: form(c.source) for c in history.candidates}
-    seen = set(known.values())
     children = []
     for i in range(count):
-        fallback = None
         for _ in range(max_tries):
             try:
-                child = make(rng)
+                children.append(make(rng))
+                break
             except mutation.NotAModel:
                 continue
-            key = form(child.source)
-            if any(known[p] == key for p in child.parents):
-                continue
-            fallback = (child, key)
-            if not (avoid_duplicates and key in seen):
-                break
         else:
-            if fallback is None:
-                raise search.SearchError(
-                    f'child {i}: none of {max_tries} draws gave a program that '
-                    'differs from its parents; raise max_tries')
-            logging.warning('Child %d: no new program in %d draws; proposing a '
-                            'repeated one', i, max_tries)
-        child, key = fallback
-        seen.add(key)
-        children.append(child)
+            raise search.SearchError(
+                f'child {i}: no operator applied in {max_tries} draws; raise '
+                'max_tries')
     return children

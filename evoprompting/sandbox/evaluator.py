@@ -40,12 +40,15 @@ class Sandbox:
             print(self.isolation.warning, file=sys.stderr, flush=True)
 
     def evaluate(self, sources: Sequence[str], seeds: Sequence[int],
-                 on_result: pool.ResultCallback | None = None
-                 ) -> list[base.EvalResult]:
+                 on_result: pool.ResultCallback | None = None,
+                 build_only: bool = False) -> list[base.EvalResult]:
         """Evaluates programs; refused ones never reach a worker.
 
         Returns results in the order of `sources`; `on_result(index, result)`
         is called in this thread as each result arrives (progress reporting).
+        With `build_only` programs are validated and built (abstractly, in a
+        worker like any other), not trained: `ok` results carry the
+        parameter count and no metrics.
         """
         results: list[base.EvalResult | None] = []
         runnable = []
@@ -66,7 +69,8 @@ class Sandbox:
                 on_result(runnable[j], result)
 
         ran = self.pool.evaluate([sources[i] for i in runnable],
-                                 [seeds[i] for i in runnable], on_result=report)
+                                 [seeds[i] for i in runnable], on_result=report,
+                                 build_only=build_only)
         for i, result in zip(runnable, ran):
             results[i] = result
         return results

@@ -7,9 +7,9 @@ command that starts it under that isolation.
 `os` isolation (bubblewrap, `bwrap`, as Flatpak uses it):
   * an unprivileged uid *as the host sees it*. Started by root, bwrap builds
     the sandbox with root's rights and no user namespace; the worker reads
-    its data as root, then drops for good to `SandboxUser` (nobody, 65534,
-    by default: no groups, no capabilities, no new privileges) before any
-    program runs (`evoprompting.sandbox.runner.drop_privileges`). A uid set
+    its data as root, then drops for good to its own `SandboxUser` (a uid
+    of no account, one per worker: no groups, no capabilities, no new
+    privileges) before any program runs (`evoprompting.sandbox.runner.drop_privileges`). A uid set
     inside a user namespace that root creates would still be root on the
     host (it can read /etc/shadow, and RLIMIT_NPROC does not bind it).
     Started by another user, bwrap runs unprivileged in a user namespace as
@@ -31,7 +31,7 @@ command that starts it under that isolation.
 
 `process` isolation (bubblewrap missing, or namespaces refused by the host):
 the worker runs as a plain child process with the in-process guards and
-rlimits only. Started by root, it still drops to `SandboxUser` where the
+rlimits only. Started by root, it still drops to its `SandboxUser` where the
 code and Python are reachable for that user (else it stays root, and the
 isolation's detail says so). It dies with its parent (PR_SET_PDEATHSIG, set
 by the worker), but processes it detaches can outlive it, and it sees the
@@ -64,10 +64,10 @@ class IsolationError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class SandboxUser:
-    """The host uid and gid that run workers when the parent runs as root."""
+    """The host uid and gid that run a worker when the parent runs as root."""
 
-    uid: int = 65534
-    gid: int = 65534
+    uid: int
+    gid: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,7 +96,7 @@ class Isolation:
 
 
 @functools.lru_cache(maxsize=None)
-def _probe(user: SandboxUser) -> Isolation:
+def _probe() -> Isolation:
     bwrap = shutil.which('bwrap')
     if bwrap is None:
         return Isolation(PROCESS, 'bubblewrap (bwrap) is not installed')
@@ -111,7 +111,7 @@ def _probe(user: SandboxUser) -> Isolation:
         reason = (out.stderr.strip().splitlines() or ['no message'])[-1]
         return Isolation(PROCESS, f'bubblewrap cannot create namespaces here '
                                   f'({reason})')
-    who = (f'uid {user.uid}' if os.geteuid() == 0
+    who = ('a uid of its own per worker' if os.geteuid() == 0
            else f'uid {os.geteuid()} (this user)')
     return Isolation(OS, f'bubblewrap, {who}, no network, read-only '
                          f'filesystem, own PID namespace, {_seccomp()}')
@@ -127,14 +127,13 @@ def _seccomp() -> str:
 
 
 
-def detect(require_os_sandbox: bool,
-           user: SandboxUser = SandboxUser()) -> Isolation:
+def detect(require_os_sandbox: bool) -> Isolation:
     """The isolation this host gives workers (probed once per process).
 
     Raises:
       IsolationError: `require_os_sandbox` and the OS layer is unavailable.
     """
-    isolation = _probe(user)
+    isolation = _probe()
     if require_os_sandbox and isolation.level != OS:
         raise IsolationError(
             f'the OS sandbox is required (require_os_sandbox) but unavailable: '
@@ -214,7 +213,8 @@ def wrap(argv: Sequence[str], *, isolation: Isolation,
     parent's is cleared), /tmp (the worker's scratch space, also its working
     folder) is a private tmpfs of `tmp_mb` MB, every path in `read_only` is
     visible at its own path, and every folder in `hidden` is replaced by an
-    empty one (even inside a `read_only` folder). Under `process` isolation
+    empty one (even inside a `read_only` folder); /dev holds the standard
+    nodes and `device_nodes`, and nothing can be created in it. Under `process` isolation
     `argv` is returned as it is; the caller gives the process `env` itself.
     """
     if isolation.level != OS:
@@ -228,6 +228,8 @@ def wrap(argv: Sequence[str], *, isolation: Isolation,
             '--size', str(tmp_mb << 20), '--tmpfs', '/tmp']
     for node in device_nodes:
         cmd += ['--dev-bind', node, node]
+    # Devices stay usable; /dev/shm, an uncapped tmpfs, is not writable.
+    cmd += ['--remount-ro', '/dev']
     cmd += _read_only_mounts(read_only)
     for folder in hidden:
         if os.path.isdir(folder):

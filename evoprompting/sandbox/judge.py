@@ -61,14 +61,32 @@ class Judge:
             return True
         return False
 
-    def verdict(self, trained: Trained) -> EvalResult:
-        params = trained.params
-        if params <= 0:  # Zero-size parameters, or a forged claim.
+    def _size(self, params: int) -> EvalResult | None:
+        """The verdict of a model of `params` parameters that is too large,
+        else None. ValueError for none (zero-size arrays, or forged)."""
+        if params <= 0:
             raise ValueError(f'a model with {params} parameters')
         if params > self.max_params:  # The worker should have refused.
             return EvalResult(
                 Status.TOO_LARGE, f'{params:,} parameters exceed the cap of '
                 f'{self.max_params:,}', '', params=params)
+        return None
+
+    def built_verdict(self, param_shapes: Sequence[Sequence[int]]) -> EvalResult:
+        """The verdict on a build-only request: `ok` with the exact
+        parameter count, or `too_large`; no metrics. ValueError for shapes
+        that are not shapes."""
+        shapes = [[int(n) for n in shape] for shape in param_shapes]
+        if any(n < 0 for shape in shapes for n in shape):
+            raise ValueError('a negative dimension')
+        params = sum(math.prod(shape) for shape in shapes)
+        return self._size(params) or EvalResult(
+            Status.OK, f'builds: {params:,} parameters', '', params=params)
+
+    def verdict(self, trained: Trained) -> EvalResult:
+        params = trained.params
+        if too_large := self._size(params):
+            return too_large
         if self.best_step is None or trained.best_step != self.best_step:
             raise ValueError(f'test predictions for step {trained.best_step}, '
                              f'but the best validation step is {self.best_step}')

@@ -92,17 +92,24 @@ class WorkerConfig:
       require_os_sandbox: refuse to start without the OS sandbox (bubblewrap)
         instead of falling back, loudly, to process-level isolation.
         Recommended with any LM other than the embedded one.
-      sandbox_uid, sandbox_gid: the host user that runs workers when the
-        parent is root (nobody by default).
+      sandbox_uid: the first of the host uids that run workers when the
+        parent is root. Slot i's workers take uids sandbox_uid + 2i and
+        sandbox_uid + 2i + 1 in turn, so a worker and the spare that follows
+        it never share one, and a process limit binds each worker alone
+        (RLIMIT_NPROC counts per uid). None of these uids may belong to an
+        account: the default range is far above the ones Debian, systemd
+        and subordinate-id ranges hand out.
+      sandbox_gid: their group (nogroup by default).
     """
 
     require_os_sandbox: bool = False
-    sandbox_uid: int = 65534
+    sandbox_uid: int = 2_000_000_000
     sandbox_gid: int = 65534
 
-    @property
-    def user(self) -> isolation_lib.SandboxUser:
-        return isolation_lib.SandboxUser(self.sandbox_uid, self.sandbox_gid)
+    def user(self, slot: int = 0, turn: int = 0) -> isolation_lib.SandboxUser:
+        """The user of slot `slot`'s workers on turn `turn` (0 or 1)."""
+        return isolation_lib.SandboxUser(
+            self.sandbox_uid + 2 * slot + turn % 2, self.sandbox_gid)
 
 
 def _killing_signal(returncode: int | None) -> int:
@@ -128,6 +135,23 @@ def _children(pid: int) -> list[int]:
             if int(fields[1]) == pid:
                 children.append(int(entry))
     return children
+
+
+def _kill_all_of(user: isolation_lib.SandboxUser) -> None:
+    """SIGKILLs every process of `user` (root only): a process of that uid
+    sends kill(-1), which reaches every process it may signal but itself.
+    Under process isolation this is what reaches processes a program
+    detached from its worker (a uid of their own, `WorkerConfig.user`)."""
+    def kill_all_but_me():  # Runs in the child, after it became `user`.
+        try:
+            os.kill(-1, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # Nothing of that uid is left.
+
+    subprocess.run(['true'], user=user.uid, group=user.gid, extra_groups=[],
+                   preexec_fn=kill_all_but_me, env={'PATH': '/usr/bin:/bin'},
+                   cwd='/', stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, timeout=30, check=False)
 
 
 def _signal_name(signum: int) -> str:
@@ -173,6 +197,9 @@ class WorkerProcess:
         it drops to `run_as` (None: it keeps this process's user)."""
         self.limits = limits
         self.new_judge = new_judge
+        # Under process isolation, what a program detached is found by uid.
+        self.reap_user = (run_as if isolation.level != isolation_lib.OS
+                          else None)
         self.log = tempfile.NamedTemporaryFile(
             mode='w+b', dir=log_dir, prefix='worker-', suffix='.log',
             delete=False)
@@ -265,17 +292,22 @@ class WorkerProcess:
                 if _killing_signal(code) else f'exited with code {code}')
         return f'worker {what}' + (f'; its log: {tail}' if tail else '')
 
-    def run(self, source: str, seed: int) -> base.EvalResult:
-        """Runs one program; the worker is done afterwards (call `kill`)."""
+    def run(self, source: str, seed: int,
+            build_only: bool = False) -> base.EvalResult:
+        """Runs one program (`build_only`: builds it, no training); the
+        worker is done afterwards (call `kill`)."""
         self.wait_ready()
         log_start = os.path.getsize(self.log.name)
         sha = base.source_sha256(source)
         deadline = time.monotonic() + self.limits.wall_s
         judge = self.new_judge()
         try:
-            self._send({'source': source, 'seed': seed})
+            self._send({'source': source, 'seed': seed,
+                        'build_only': build_only})
             reply = self._receive(self.limits.wall_s)
             while isinstance(reply, dict) and 'val' in reply:
+                if build_only:
+                    raise ValueError('a validation report for a build')
                 self._send({'best': self._report(judge, reply['val'])})
                 reply = self._receive(deadline - time.monotonic())
         except OSError:
@@ -293,8 +325,8 @@ class WorkerProcess:
                 Status.TIMEOUT,
                 f'wall-clock limit of {self.limits.wall_s:g} s exceeded', sha)
         if reply != _EOF:
-            return dataclasses.replace(self._verdict(judge, reply),
-                                       source_sha256=sha)
+            return dataclasses.replace(
+                self._verdict(judge, reply, build_only), source_sha256=sha)
         try:
             code = self.proc.wait(timeout=_EXIT_GRACE_S)
         except subprocess.TimeoutExpired:
@@ -319,12 +351,17 @@ class WorkerProcess:
             raise ValueError(f'step {step!r} is not an integer')
         return judge(step, base.arrays_from_json(report['predictions']))
 
-    def _verdict(self, judge: judge_lib.Judge, reply: Any) -> base.EvalResult:
+    def _verdict(self, judge: judge_lib.Judge, reply: Any,
+                 build_only: bool) -> base.EvalResult:
         """The verdict on the final reply: a failure the worker reports
-        stands (a program only loses by it); test predictions are scored."""
+        stands (a program only loses by it); test predictions are scored,
+        or for a build the parameter shapes."""
         try:
-            if 'trained' in reply:
-                result = judge.verdict(base.Trained.from_json(reply['trained']))
+            evidence = 'built' if build_only else 'trained'
+            if evidence in reply:
+                result = (judge.built_verdict(reply['built']['param_shapes'])
+                          if build_only else judge.verdict(
+                              base.Trained.from_json(reply['trained'])))
                 output = reply.get('output', '')
                 if not isinstance(output, str):
                     raise ValueError('output is not text')
@@ -370,6 +407,8 @@ class WorkerProcess:
         """Kills the worker and all it started, and cleans up after it."""
         self.stop()
         self.proc.wait()
+        if self.reap_user is not None:
+            _kill_all_of(self.reap_user)
         for stream in (self.proc.stdin, self.proc.stdout):
             try:
                 stream.close()
@@ -404,8 +443,7 @@ class WorkerPool:
             raise ValueError('a pool needs at least one worker')
         self.limits, self.config = limits, config
         self.workers = tuple(workers)
-        self.isolation = isolation_lib.detect(config.require_os_sandbox,
-                                              config.user)
+        self.isolation = isolation_lib.detect(config.require_os_sandbox)
         task.prepare()
         self.log_dir = tempfile.mkdtemp(prefix='evoprompting-sandbox-')
         # Workers that dropped to the sandbox user reach their scratch
@@ -415,28 +453,26 @@ class WorkerPool:
         np.savez(inputs_path, **task.worker_inputs())
         os.chmod(inputs_path, 0o644)
         self._new_judge = lambda: judge_lib.judge_for(task)
-        processes = limits.processes or 256 + 8 * (os.cpu_count() or 1)
         self._init = {'task': base.task_to_spec(task),
                       'inputs_path': inputs_path,
-                      # Each slot has a running worker and a spare starting.
-                      'limits': {**dataclasses.asdict(limits),
-                                 'processes': 2 * processes * len(self.workers)},
+                      'limits': {**dataclasses.asdict(limits), 'processes':
+                                 limits.processes or 256 + 8 * (os.cpu_count() or 1)},
                       'allowed_modules': sorted(allowed_modules)}
         self._read_only = (_CODE_ROOT, *isolation_lib.python_paths(),
                            inputs_path)
         # Root's workers drop to the sandbox user. Without the OS sandbox to
         # bind them, the code and Python must be reachable for that user.
-        self._run_as = None
+        self._drop_privileges = False
         if os.geteuid() == 0:
             if (self.isolation.level == isolation_lib.OS or all(
                     map(isolation_lib.reachable_by_others, self._read_only))):
-                self._run_as = config.user
+                self._drop_privileges = True
             else:
                 self.isolation = dataclasses.replace(
                     self.isolation, detail=(
                         f'{self.isolation.detail}; workers run as root: the '
-                        f'code or Python is not reachable by uid '
-                        f'{config.user.uid}'))
+                        f'code or Python is not reachable by other users'))
+        self._turns = [0] * len(self.workers)  # Of each slot's two users.
         self._hidden = task.private_paths()
         # Workers are started on this one long-lived thread: the OS sandbox
         # and PR_SET_PDEATHSIG kill a worker when the *thread* that started
@@ -456,18 +492,33 @@ class WorkerPool:
     def num_workers(self) -> int:
         return len(self.workers)
 
+    @property
+    def sandbox_uids(self) -> tuple[int, ...]:
+        """The uids workers run as; empty if they keep this process's."""
+        if not self._drop_privileges:
+            return ()
+        return tuple(self.config.user(slot, turn).uid
+                     for slot in range(self.num_workers) for turn in (0, 1))
+
     def _start(self, slot: int) -> WorkerProcess:
+        """Starts slot `slot`'s next worker. Called by the slot's holder."""
+        turn = self._turns[slot]
+        self._turns[slot] = 1 - turn
+        run_as = (self.config.user(slot, turn) if self._drop_privileges
+                  else None)
         return WorkerProcess(
             lambda *a, **k: self._launcher.submit(
                 subprocess.Popen, *a, **k).result(),
             init=self._init, limits=self.limits, new_judge=self._new_judge,
-            isolation=self.isolation, run_as=self._run_as,
+            isolation=self.isolation, run_as=run_as,
             worker_devices=self.workers[slot], read_only=self._read_only,
             hidden=self._hidden, log_dir=self.log_dir)
 
     def run_one(self, source: str, seed: int,
-                cancel: threading.Event | None = None) -> base.EvalResult | None:
-        """Runs one program on a fresh worker of a free slot.
+                cancel: threading.Event | None = None,
+                build_only: bool = False) -> base.EvalResult | None:
+        """Runs one program on a fresh worker of a free slot (`build_only`:
+        builds it, no training).
 
         The slot's next worker is started as this one begins the program, so
         its start-up overlaps the run; it touches no device until its own
@@ -487,7 +538,7 @@ class WorkerPool:
                 if cancel is not None and cancel.is_set():
                     return None
                 self._running.add(worker)
-            return dataclasses.replace(worker.run(source, seed),
+            return dataclasses.replace(worker.run(source, seed, build_only),
                                        isolation=self.isolation.level)
         finally:
             if worker is not None:
@@ -504,9 +555,11 @@ class WorkerPool:
                 worker.stop()
 
     def evaluate(self, sources: Sequence[str], seeds: Sequence[int],
-                 on_result: ResultCallback | None = None
-                 ) -> list[base.EvalResult]:
+                 on_result: ResultCallback | None = None,
+                 build_only: bool = False) -> list[base.EvalResult]:
         """Runs programs on the workers; results in the order of `sources`.
+        With `build_only` each is only built: `ok` results carry the
+        parameter count and no metrics.
 
         `on_result(index, result)` is called in this thread as results arrive.
         If this thread is interrupted (Ctrl-C: KeyboardInterrupt) or
@@ -518,7 +571,7 @@ class WorkerPool:
         results: list[base.EvalResult | None] = [None] * len(sources)
         ex = concurrent.futures.ThreadPoolExecutor(self.num_workers)
         cancel = threading.Event()
-        futures = {ex.submit(self.run_one, s, k, cancel): i
+        futures = {ex.submit(self.run_one, s, k, cancel, build_only): i
                    for i, (s, k) in enumerate(zip(sources, seeds))}
         try:
             for future in concurrent.futures.as_completed(futures):

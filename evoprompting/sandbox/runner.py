@@ -13,10 +13,12 @@ the protocol.
     -> {"task": <task spec>, "limits": {...}, "allowed_modules": [...],
         "write_dirs": [...], "inputs_path": str, "run_as": [uid, gid]}
     <- {"ready": true, "startup_s": float}
-    -> {"source": str, "seed": int}
+    -> {"source": str, "seed": int, "build_only": bool}
     <- {"val": {"step": int, "predictions": <base.arrays_to_json>}}
     -> {"best": bool}                  (at every evaluation point; then)
     <- {"trained": <base.Trained json>, "output": str}    (it trained), or
+       {"built": {"param_shapes": [[int]]}, "output": str}
+                                       (build_only: built, not trained), or
        {"result": <EvalResult json>}                      (it failed)
 
 The worker never holds the validation or test labels (`inputs_path` holds
@@ -102,11 +104,16 @@ class Guard:
         self.violation = ''
 
     def _writable(self, path: Any) -> bool:
-        if isinstance(path, int):  # An fd, e.g. os.truncate(fd): refuse.
+        """Whether `path` lies in a write_dir. An fd (e.g. os.truncate(fd))
+        or a relative path (which may be relative to any `dir_fd`) is not."""
+        if isinstance(path, int):
             return False
         try:
-            real = os.path.realpath(os.fsdecode(path))
+            name = os.fsdecode(path)
+            real = os.path.realpath(name)
         except (TypeError, ValueError):
+            return False
+        if not os.path.isabs(name):
             return False
         return any((real + os.sep).startswith(d) for d in self.write_dirs)
 
@@ -202,19 +209,26 @@ class Worker:
             self.inputs = {k: f[k] for k in f.files}
 
     def _limit_cpu(self) -> None:
+        """SIGXCPU after `cpu_s` more seconds of CPU time, SIGKILL (which
+        no program can ignore) two seconds later."""
         usage = resource.getrusage(resource.RUSAGE_SELF)
         used = int(usage.ru_utime + usage.ru_stime) + 1
         _, hard = resource.getrlimit(resource.RLIMIT_CPU)
         soft = used + int(self.limits['cpu_s'])
         if hard != resource.RLIM_INFINITY:
             soft = min(soft, hard)
-        resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+        resource.setrlimit(resource.RLIMIT_CPU, (
+            soft, soft + 2 if hard == resource.RLIM_INFINITY
+            else min(soft + 2, hard)))
 
-    def run(self, source: str, seed: int) -> dict[str, Any]:
+    def run(self, source: str, seed: int,
+            build_only: bool = False) -> dict[str, Any]:
         """Runs the program under the guard, which stays on afterwards.
 
         Returns the reply: {'trained': <base.Trained json>, 'output': str}
-        for a program that trained, else {'result': <EvalResult json>}.
+        for a program that trained ({'built': {'param_shapes': ...},
+        'output': str} for one built with `build_only`), else
+        {'result': <EvalResult json>}.
         """
         sha = base.source_sha256(source)
         output = CappedText(int(self.limits['output_chars']))
@@ -223,9 +237,12 @@ class Worker:
         try:
             with contextlib.redirect_stdout(output), \
                     contextlib.redirect_stderr(output):
-                trained = self._execute(source, seed)
+                evidence = self._execute(source, seed, build_only)
+            if not self.guard.violation and build_only:
+                return {'built': {'param_shapes': [list(s) for s in evidence]},
+                        'output': output.getvalue()}
             if not self.guard.violation:
-                return {'trained': trained.to_json(),
+                return {'trained': evidence.to_json(),
                         'output': output.getvalue()}
             result = base.EvalResult(Status.FORBIDDEN, self.guard.violation, sha)
         except SandboxViolation:
@@ -251,7 +268,7 @@ class Worker:
         return {'result': dataclasses.replace(
             result, source_sha256=sha, output=output.getvalue()).to_json()}
 
-    def _execute(self, source: str, seed: int) -> base.Trained:
+    def _execute(self, source: str, seed: int, build_only: bool) -> Any:
         # A real module: flax and dataclasses look classes' modules up in
         # sys.modules. It is removed again when the program is done.
         module = types.ModuleType(_PROGRAM_MODULE)
@@ -259,12 +276,13 @@ class Worker:
         namespace = module.__dict__
         sys.modules[_PROGRAM_MODULE] = module
         try:
-            return self._execute_in(namespace, source, seed)
+            return self._execute_in(namespace, source, seed, build_only)
         finally:
             del sys.modules[_PROGRAM_MODULE]
 
     def _execute_in(self, namespace: dict[str, Any], source: str,
-                    seed: int) -> base.Trained:
+                    seed: int, build_only: bool) -> Any:
+        """The Trained record, or with `build_only` the parameter shapes."""
         try:
             exec(self.task.preamble, namespace)  # pylint: disable=exec-used
             code = compile(source, '<candidate>', 'exec')
@@ -279,6 +297,8 @@ class Worker:
             raise base.ProgramFailure(
                 Status.BUILD_ERROR,
                 f'running the program failed: {_describe(e)}') from None
+        if build_only:
+            return self.task.build_program(namespace, self.inputs)
         return self.task.run_program(namespace, seed, self.inputs,
                                      self.report_validation)
 
@@ -314,27 +334,46 @@ def die_with_parent(parent_pid: int) -> None:
 
 
 # Denied everywhere: debugging other processes, kernel modules, namespaces,
-# mounts, BPF, perf, keyrings, userfaultfd. On CPU also new programs and
-# sockets, which XLA:CPU never needs (GPU compilers exec ptxas; libtpu talks
-# to its local mesh controller over sockets).
+# mounts, BPF, perf, keyrings, userfaultfd. On CPU also new programs, new
+# processes (threads only), sockets and anonymous memory files, none of which
+# XLA:CPU needs (GPU compilers fork and exec ptxas; libtpu talks to its local
+# mesh controller over sockets). memfd_create would hold memory outside
+# RLIMIT_AS.
 _DENIED_SYSCALLS = (
     'ptrace', 'process_vm_readv', 'process_vm_writev', 'kexec_load',
     'kexec_file_load', 'init_module', 'finit_module', 'delete_module',
     'mount', 'umount2', 'pivot_root', 'chroot', 'unshare', 'setns', 'bpf',
     'perf_event_open', 'userfaultfd', 'keyctl', 'add_key', 'request_key',
     'acct', 'swapon', 'swapoff', 'reboot', 'iopl', 'ioperm',
-    'open_by_handle_at', 'name_to_handle_at')
-_DENIED_ON_CPU = ('execve', 'execveat', 'socket')
+    'open_by_handle_at', 'name_to_handle_at', 'mknod', 'mknodat')
+_DENIED_ON_CPU = ('execve', 'execveat', 'socket', 'memfd_create', 'fork',
+                  'vfork')
+_CLONE_THREAD = 0x10000
+_SCMP_ACT_ALLOW = 0x7fff0000
+_SCMP_CMP_MASKED_EQ = 7
+_SCMP_FLTATR_CTL_TSYNC = 4  # Every thread, not only the calling one.
+
+
+def _scmp_act_errno(code: int) -> int:
+    return 0x00050000 | code
 
 
 def install_syscall_filter(platform: str) -> str:
-    """Makes the denied system calls fail with EPERM in every thread of this
-    process, for good (a seccomp filter through libseccomp, if present).
+    """Makes the denied system calls fail in every thread of this process,
+    for good (a seccomp filter through libseccomp, if present).
 
+    On CPU, `clone` is allowed for threads only (CLONE_THREAD set) and
+    `clone3`, whose flags a filter cannot read, fails with ENOSYS, so that
+    the C library falls back to `clone` for new threads.
     Returns '' once installed, else why not (no libseccomp).
     """
     import ctypes  # pylint: disable=g-import-not-at-top
     import ctypes.util  # pylint: disable=g-import-not-at-top
+
+    class ArgCmp(ctypes.Structure):  # struct scmp_arg_cmp
+        _fields_ = [('arg', ctypes.c_uint), ('op', ctypes.c_int),
+                    ('datum_a', ctypes.c_uint64), ('datum_b', ctypes.c_uint64)]
+
     name = ctypes.util.find_library('seccomp')
     if name is None:
         return 'libseccomp is not installed'
@@ -342,23 +381,30 @@ def install_syscall_filter(platform: str) -> str:
     lib.seccomp_init.restype = ctypes.c_void_p
     lib.seccomp_init.argtypes = [ctypes.c_uint32]
     lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
-    lib.seccomp_rule_add.argtypes = [ctypes.c_void_p, ctypes.c_uint32,
-                                     ctypes.c_int, ctypes.c_uint]
+    lib.seccomp_rule_add_array.argtypes = [
+        ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint,
+        ctypes.POINTER(ArgCmp)]
     lib.seccomp_attr_set.argtypes = [ctypes.c_void_p, ctypes.c_int,
                                      ctypes.c_uint32]
     lib.seccomp_load.argtypes = [ctypes.c_void_p]
     lib.seccomp_release.argtypes = [ctypes.c_void_p]
-    allow, deny = 0x7fff0000, 0x00050000 | errno.EPERM  # SCMP_ACT_ERRNO
-    tsync = 4  # SCMP_FLTATR_CTL_TSYNC: every thread, not only this one.
-    names = _DENIED_SYSCALLS + (_DENIED_ON_CPU if platform == 'cpu' else ())
-    context = lib.seccomp_init(allow)
+    deny = _scmp_act_errno(errno.EPERM)
+    rules = [(name, deny, ()) for name in _DENIED_SYSCALLS]
+    if platform == 'cpu':
+        rules += [(name, deny, ()) for name in _DENIED_ON_CPU]
+        rules += [('clone', deny, (ArgCmp(0, _SCMP_CMP_MASKED_EQ,
+                                          _CLONE_THREAD, 0),)),
+                  ('clone3', _scmp_act_errno(errno.ENOSYS), ())]
+    context = lib.seccomp_init(_SCMP_ACT_ALLOW)
     try:
-        if lib.seccomp_attr_set(context, tsync, 1):
+        if lib.seccomp_attr_set(context, _SCMP_FLTATR_CTL_TSYNC, 1):
             raise OSError('seccomp: cannot synchronise threads')
-        for syscall in names:
+        for syscall, action, conditions in rules:
             number = lib.seccomp_syscall_resolve_name(syscall.encode())
-            if number >= 0 and lib.seccomp_rule_add(context, deny, number, 0):
-                raise OSError(f'seccomp: cannot deny {syscall}')
+            array = (ArgCmp * len(conditions))(*conditions)
+            if number >= 0 and lib.seccomp_rule_add_array(
+                    context, action, number, len(conditions), array):
+                raise OSError(f'seccomp: cannot filter {syscall}')
         # Loading a filter without CAP_SYS_ADMIN needs no_new_privs.
         if ctypes.CDLL(None, use_errno=True).prctl(38, 1, 0, 0, 0):
             raise OSError(ctypes.get_errno(), 'prctl(PR_SET_NO_NEW_PRIVS)')
@@ -418,7 +464,8 @@ def main() -> None:
         platform = jax.devices()[0].platform  # The backend starts now.
         install_syscall_filter(platform)
         try:
-            reply(worker.run(job['source'], int(job['seed'])))
+            reply(worker.run(job['source'], int(job['seed']),
+                             bool(job.get('build_only'))))
         except ValueError as e:  # e.g. a number that is not finite
             reply({'result': base.EvalResult(
                 Status.CRASH, f'unreportable result: {_describe(e)}',

@@ -276,6 +276,9 @@ _LIBRARY_ENTRY_POINTS = {
     'urlretrieve', 'connect', 'CDLL', 'PyDLL', 'cdll', 'pydll', 'dlopen',
     'LoadLibrary', 'load_library', 'setrecursionlimit', 'settrace',
     'setprofile',
+    # XLA compiler options (`Lowered.compile(options)`) can make XLA write
+    # dumps anywhere the worker's user may write, unaudited
+    'compile',
 }
 FORBIDDEN_ATTRIBUTES = frozenset(_INTERNALS | _MODULE_HANDLES
                                  | _LIBRARY_ENTRY_POINTS)
@@ -306,7 +309,8 @@ _DEBUG_MEMBERS = frozenset({'print', 'callback', 'inspect_array_sharding',
 # ('{0.__init__.__globals__}' made at run time reads anything): `assert_*`
 # may only be called, with neither that keyword nor `**`.
 _ASSERTION_PREFIX = 'assert_'
-_FORBIDDEN_KEYWORDS = frozenset({'custom_message_format_vars'})
+_FORBIDDEN_KEYWORDS = frozenset({'custom_message_format_vars',
+                                 'compiler_options'})
 
 # Patterns of forbidden attribute names. Test modules and test cases of the
 # allowed packages (numpy.tests, jax.test_util, chex.TestCase ...) import
@@ -679,8 +683,7 @@ def _check_keyword(node: ast.keyword, ctx: _Context) -> Iterator[str]:
     if node.arg and _is_dunder(node.arg):
         yield f"keyword argument with dunder name '{node.arg}'"
     elif node.arg in _FORBIDDEN_KEYWORDS:
-        yield (f"keyword argument '{node.arg}' (its values are formatted "
-               'into a template)')
+        yield f"forbidden keyword argument '{node.arg}'"
 
 
 def _check_match_class(node: ast.MatchClass, ctx: _Context) -> Iterator[str]:

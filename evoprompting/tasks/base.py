@@ -30,6 +30,7 @@ import json
 import math
 import sys
 import typing
+import zipfile
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
@@ -112,17 +113,45 @@ def arrays_to_json(arrays: Mapping[str, np.ndarray]) -> str:
 
 def arrays_from_json(text: Any) -> dict[str, np.ndarray]:
     """Inverse of `arrays_to_json` for untrusted text: numeric arrays only.
-    Raises ValueError."""
+
+    Nothing is inflated beyond the text itself: every member must be stored
+    (not compressed), and every array's header must describe no more bytes
+    than its member holds, checked before anything is allocated. Raises
+    ValueError.
+    """
     try:
         raw = base64.b64decode(text, validate=True)
-        with np.load(io.BytesIO(raw), allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except (TypeError, ValueError, OSError, EOFError) as e:
+        with zipfile.ZipFile(io.BytesIO(raw)) as archive:
+            arrays = {}
+            for info in archive.infolist():
+                if info.compress_type != zipfile.ZIP_STORED:
+                    raise ValueError(f'{info.filename} is compressed')
+                with archive.open(info) as member:
+                    arrays[info.filename] = _read_npy(member, info.file_size)
+    except (TypeError, ValueError, OSError, EOFError, zipfile.BadZipFile,
+            SyntaxError) as e:
         raise ValueError(f'malformed arrays: {e}') from None
-    for name, array in arrays.items():
-        if array.dtype.kind not in 'biuf':
-            raise ValueError(f'array {name!r} holds {array.dtype}, not numbers')
-    return arrays
+    return {name[:-len('.npy')] if name.endswith('.npy') else name: array
+            for name, array in arrays.items()}
+
+
+def _read_npy(member: Any, size: int) -> np.ndarray:
+    version = np.lib.format.read_magic(member)
+    read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                   (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+    if read_header is None:
+        raise ValueError(f'unsupported .npy version {version}')
+    shape, fortran_order, dtype = read_header(member)
+    if dtype.kind not in 'biuf' or dtype.hasobject:
+        raise ValueError(f'an array holds {dtype}, not numbers')
+    count = math.prod(int(d) for d in shape)
+    if count * dtype.itemsize > size:
+        raise ValueError(f'an array of shape {shape} does not fit its member')
+    data = member.read(count * dtype.itemsize)
+    if len(data) != count * dtype.itemsize:
+        raise ValueError('an array is cut short')
+    array = np.frombuffer(data, dtype=dtype, count=count)
+    return array.reshape(shape, order='F' if fortran_order else 'C').copy()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,7 +162,8 @@ class Trained:
     (`evoprompting.sandbox.judge.Judge`) while training and kept the parameters of the point the judge chose.
 
     Attributes:
-      param_shapes: the shape of every trained parameter array.
+      param_shapes: the shape of every trained parameter array in real
+        numbers (a complex array has a trailing axis of 2).
       best_step: the evaluation point the judge chose (its last `True`).
       test_predictions: the model's predictions on the test inputs at that
         point (computed in passes of their own, never mixed with validation
@@ -257,6 +287,14 @@ class Task(Protocol):
         point and keeping the point `report_validation` picks; returns the
         test predictions there. Sandbox workers only: runs the code. Raises
         ProgramFailure for programs that fail."""
+
+    def build_program(self, program: dict[str, Any],
+                      inputs: Mapping[str, np.ndarray]
+                      ) -> tuple[tuple[int, ...], ...]:
+        """Builds the program on abstract values as `run_program` would,
+        without training, and returns its parameter shapes (a build-only
+        request). Sandbox workers only: runs the code. Raises ProgramFailure
+        for programs that do not build or are too large."""
 
     @property
     def evaluation_steps(self) -> tuple[int, ...]:

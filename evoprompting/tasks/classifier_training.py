@@ -62,6 +62,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from evoprompting.sandbox import judge as judge_lib
 from evoprompting.tasks import base
 from evoprompting.tasks import compiling
+from evoprompting.tasks import training
 
 Status = base.Status
 # Primitives after which a model trains by unrolled steps (see `loop_plan`).
@@ -198,31 +199,27 @@ def loop_plan(primitives: Collection[str], config: Any) -> LoopPlan:
     return LoopPlan(steps_per_call=config.eval_every, unrolled=False)
 
 
-def count_params(variables: Any) -> int:
-    """Number of scalars in the 'params' collection (abstract or concrete)."""
-    return int(sum(np.prod(x.shape, dtype=np.int64)
-                   for x in jax.tree.leaves(variables['params'])))
-
-
-def batch_order(num_examples: int, batch_size: int, num_steps: int,
-                seed: int) -> np.ndarray:
-    """int32 [num_steps, batch_size] example indices, epoch-wise shuffled."""
-    if batch_size > num_examples:
-        raise ValueError(f'batch_size {batch_size} > {num_examples} examples')
-    per_epoch = num_examples // batch_size
-    epochs = -(-num_steps // per_epoch)
-    rng = np.random.default_rng(seed)
-    order = np.concatenate([
-        rng.permutation(num_examples)[:per_epoch * batch_size]
-        for _ in range(epochs)])
-    return order[:num_steps * batch_size].reshape(
-        num_steps, batch_size).astype(np.int32)
-
-
 def worker_inputs(splits: Any) -> dict[str, np.ndarray]:
     """What a worker gets of `splits`: no validation or test labels."""
     return {'train_x': splits.train_x, 'train_y': splits.train_y,
             'val_x': splits.val_x, 'test_x': splits.test_x}
+
+
+def _sample_input(inputs: Mapping[str, np.ndarray],
+                  config: Any) -> jax.ShapeDtypeStruct:
+    """An abstract training batch of `inputs`."""
+    return jax.ShapeDtypeStruct(
+        (config.batch_size, inputs['train_x'].shape[1]), jnp.float32)
+
+
+def build_params(model_cls: Any, inputs: Mapping[str, np.ndarray],
+                 config: Any, *, max_params: int,
+                 num_classes: int) -> tuple[tuple[int, ...], ...]:
+    """The parameter shapes of `model_cls` built on abstract values, as
+    `train_and_predict` builds it, without training (a build-only request).
+    Raises ProgramFailure as `train_and_predict` does before training."""
+    built = _build(model_cls, _sample_input(inputs, config), num_classes)
+    return training.params_within_cap(built.variables, max_params)
 
 
 def train_and_predict(model_cls: Any, inputs: Mapping[str, np.ndarray],
@@ -246,16 +243,10 @@ def train_and_predict(model_cls: Any, inputs: Mapping[str, np.ndarray],
     replicated = NamedSharding(mesh, P())
     by_batch = NamedSharding(mesh, P('data'))
 
-    num_features = inputs['train_x'].shape[1]
-    sample_x = jax.ShapeDtypeStruct((config.batch_size, num_features),
-                                    jnp.float32)
+    sample_x = _sample_input(inputs, config)
     built = _build(model_cls, sample_x, num_classes)
     model, takes_train = built.module, built.takes_train
-    num_params = count_params(built.variables)
-    if num_params > max_params:
-        raise base.ProgramFailure(
-            Status.TOO_LARGE,
-            f'{num_params:,} parameters exceed the cap of {max_params:,}')
+    training.params_within_cap(built.variables, max_params)
     plan = loop_plan(built.primitives, config)
 
     tx = optax.adamw(config.learning_rate, weight_decay=config.weight_decay)
@@ -346,7 +337,7 @@ def train_and_predict(model_cls: Any, inputs: Mapping[str, np.ndarray],
     eval_splits = {split: [to_device(b) for b in _batches(inputs[f'{split}_x'],
                                                           eval_batch)]
                    for split in ('val', 'test')}
-    order = batch_order(len(inputs['train_x']), config.batch_size,
+    order = training.batch_order(len(inputs['train_x']), config.batch_size,
                         config.num_steps, seed)
     order = order.reshape(-1, plan.steps_per_call, config.batch_size)
     seed_arg = np.uint32(seed)
@@ -410,8 +401,7 @@ def train_and_predict(model_cls: Any, inputs: Mapping[str, np.ndarray],
         train_s = time.perf_counter() - loop_start - waited
 
     return base.Trained(
-        param_shapes=tuple(tuple(x.shape) for x in
-                           jax.tree.leaves(built.variables['params'])),
+        param_shapes=training.param_shapes(built.variables),
         best_step=best_step, test_predictions={'class': test_classes},
         compile_s=compile_s, train_s=train_s, final_train_loss=last_loss)
 

@@ -10,10 +10,15 @@ Program contract (the paper's Listing 1), shown verbatim in prompts:
     evaluating, and a 'dropout' RNG stream is provided while training; mutable
     collections such as 'batch_stats' are updated while training.
 
-Data: the `mnist1d` package's standard dataset (4,000 train / 1,000 test,
-length 40, its default seed), generated offline and cached as .npz. As in the
-paper, 500 training examples are held out at random (fixed seed) as the
-validation set. The search sees validation accuracy only; test accuracy is
+Data: the `mnist1d` package's generator (4,000 train / 1,000 test, length
+40), run offline and cached as .npz. By default it runs with this machine's
+private seed, drawn once and kept beside the cache, where sandboxed programs
+cannot see it: with mnist1d's public default seed (42, the published
+dataset) a program could rerun the generator and look its labels up.
+`generator_seed=42` gives the published dataset, for comparisons with
+published figures (the benchmarks use it, `gin/mnist1d/standard_data.gin`).
+As in the paper, 500 training examples are held out at random (fixed seed)
+as the validation set. The search sees validation accuracy only; test accuracy is
 measured at the step of best validation accuracy and reported.
 
 Training (the paper's section 4.2, all values in `TrainConfig` and gin):
@@ -63,13 +68,19 @@ class DataConfig:
       cache_dir: folder for the generated arrays; '' means `default_cache_dir()`.
       num_validation: training examples held out as the validation set.
       validation_seed: seed of the random hold-out.
-      generator_seed: seed passed to mnist1d's generator (its default is 42).
+      generator_seed: seed passed to mnist1d's generator; 42 (its default)
+        gives the published dataset; None, this machine's private seed
+        (`private_seed`).
     """
 
     cache_dir: str = ''
     num_validation: int = 500
     validation_seed: int = 0
-    generator_seed: int = 42
+    generator_seed: int | None = None
+
+    @property
+    def folder(self) -> str:
+        return os.path.join(self.cache_dir or default_cache_dir(), 'mnist1d')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,15 +143,41 @@ def _generator_args(seed: int) -> dict[str, Any]:
     return args
 
 
+def private_seed(folder: str) -> int:
+    """This machine's private generator seed, kept in `folder`/private_seed.
+
+    Drawn once from os.urandom (32 bits, what mnist1d's numpy seeding takes)
+    by whichever process needs it first, written readable by its owner only,
+    and read back by every later run, so searches and resumes on this machine
+    see the same data. The folder is among the task's `private_paths`.
+    """
+    path = os.path.join(folder, 'private_seed')
+    if not os.path.exists(path):
+        os.makedirs(folder, exist_ok=True)
+        tmp = f'{path}.{os.getpid()}.tmp'
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, 'w') as f:
+            f.write(f'{int.from_bytes(os.urandom(4), "little")}\n')
+        try:
+            os.link(tmp, path)  # Atomic; the first of racing processes wins.
+        except FileExistsError:
+            pass
+        finally:
+            os.remove(tmp)
+    with open(path, encoding='ascii') as f:
+        return int(f.read())
+
+
 def generate_arrays(config: DataConfig) -> dict[str, np.ndarray]:
     """Generates MNIST-1D offline, or reads it from the cache.
 
     The cache file name holds a hash of the generator arguments, so a change of
     arguments never reads stale data. Writes are atomic (temp file + rename).
     """
-    args = _generator_args(config.generator_seed)
+    folder = config.folder
+    seed = config.generator_seed
+    args = _generator_args(private_seed(folder) if seed is None else seed)
     key = hashlib.sha256(json.dumps(args, sort_keys=True).encode()).hexdigest()
-    folder = os.path.join(config.cache_dir or default_cache_dir(), 'mnist1d')
     path = os.path.join(folder, f'mnist1d-{key[:16]}.npz')
     if os.path.exists(path):
         with np.load(path, allow_pickle=False) as f:
@@ -232,6 +269,15 @@ class Mnist1dTask:
         return classifier_training.train_and_predict(
             program.get('Model'), inputs, self.train, report_validation,
             max_params=self.max_params, seed=seed, num_classes=NUM_CLASSES)
+
+    def build_program(self, program: dict[str, Any],
+                      inputs: Mapping[str, np.ndarray]
+                      ) -> tuple[tuple[int, ...], ...]:
+        """Builds `program['Model']` abstractly. Workers only."""
+        from evoprompting.tasks import classifier_training  # pylint: disable=g-import-not-at-top
+        return classifier_training.build_params(
+            program.get('Model'), inputs, self.train,
+            max_params=self.max_params, num_classes=NUM_CLASSES)
 
     @property
     def evaluation_steps(self) -> tuple[int, ...]:
