@@ -17,11 +17,12 @@ each setting, its ratio to the first setting, and one SUMMARY line.
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import sys
 
 from absl import app, flags
+
+import machine  # pylint: disable=g-import-not-at-top  (benchmarks/machine.py)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
@@ -88,9 +89,7 @@ def main(argv):
             seconds[t].append(compile_seconds(fn, splits, t))
             print(f'round {r}: compile_threads={t}: '
                   f'{seconds[t][-1]:.1f} s', flush=True)
-    cores = len(os.sched_getaffinity(0))
-    device = (f'{jax.devices()[0].device_kind} '
-              f'({platform.processor() or "cpu"}, {cores} cores)')
+    device = f'{jax.devices()[0].device_kind} ({machine.describe()})'
     reference = statistics.median(seconds[threads[0]])
     print(f'\n{FLAGS.program} on {FLAGS.algorithm} ({len(train_pools)} '
           f'training sizes, hidden {FLAGS.hidden_dim}), {device}:')

@@ -31,11 +31,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import platform
 import statistics
 import sys
 
 from absl import app, flags
+
+import machine  # pylint: disable=g-import-not-at-top  (benchmarks/machine.py)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
@@ -221,8 +222,7 @@ def main(argv):
     unknown = sorted(set(FLAGS.algorithms) - set(table_3))
     if unknown:
         sys.exit(f'error: unknown algorithms {unknown}; known: {sorted(table_3)}')
-    device = f'{jax.devices()[0].device_kind} ({platform.processor() or "cpu"}, ' \
-             f'{os.cpu_count()} cores)'
+    device = f'{jax.devices()[0].device_kind} ({machine.describe()})'
     rows = []
     for algorithm in FLAGS.algorithms:
         for name in FLAGS.programs:

@@ -51,6 +51,8 @@ import time
 from absl import app, flags
 import numpy as np
 
+import machine  # pylint: disable=g-import-not-at-top  (benchmarks/machine.py)
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string('checkpoint', 'default', "'default' or an export folder.")
 flags.DEFINE_string('corpus_dir', '', 'Corpus folder, to exclude its layers.')
@@ -114,6 +116,7 @@ def main(argv):
         lm = checkpoints.load_default()
     else:
         lm = checkpoints.load_exported(FLAGS.checkpoint)
+    print(f'machine: {machine.describe()}')
     print(f'model: {FLAGS.checkpoint}, loaded in {time.time() - start:.1f} s, '
           f'stop strings {lm.stop_strings}')
     known = set().union(*(corpus.layer_calls(corpus.shown(s))

@@ -56,6 +56,7 @@ from evoprompting import gin_utils  # pylint: disable=g-import-not-at-top,wrong-
 from evoprompting.sandbox import evaluator  # pylint: disable=g-import-not-at-top,wrong-import-position
 from evoprompting.tasks import mnist1d, training  # pylint: disable=g-import-not-at-top,wrong-import-position
 import gin  # pylint: disable=g-import-not-at-top,wrong-import-position
+import machine  # pylint: disable=g-import-not-at-top,wrong-import-position
 import torch_subprocess  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 SEEDS = ('greydanus_cnn', 'residual_cnn', 'gru', 'mlp')
@@ -274,8 +275,8 @@ def main(argv):
     if not torch_python:
         log(f'torch not available: {torch_note}')
     import jax  # pylint: disable=g-import-not-at-top
-    log(f'jax {jax.__version__}, {os.cpu_count()} CPUs, load average '
-        f'{os.getloadavg()[0]:.2f}; torch: {torch_python or torch_note}')
+    log(f'jax {jax.__version__}, {machine.describe()}; '
+        f'torch: {torch_python or torch_note}')
 
     rows = []
     folder = tempfile.mkdtemp(prefix='mnist1d-eval-')

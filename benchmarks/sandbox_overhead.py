@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 
 from absl import app, flags
+
+import machine  # pylint: disable=g-import-not-at-top  (benchmarks/machine.py)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -71,17 +72,6 @@ print(json.dumps({
 '''
 
 
-def _cpu_model() -> str:
-    try:
-        with open('/proc/cpuinfo', encoding='utf-8') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or 'unknown CPU'
-
-
 def run_tree(tree: str) -> dict:
     with tempfile.TemporaryDirectory(prefix='sandbox-overhead-cache-') as cache:
         os.chmod(cache, 0o755)
@@ -108,7 +98,7 @@ def main(argv):
     finally:
         subprocess.run(['git', 'worktree', 'remove', '--force', worktree],
                        cwd=REPO_ROOT, check=False, capture_output=True)
-    print(f'CPU: {_cpu_model()} ({os.cpu_count()} cores); '
+    print(f'CPU: {machine.describe()}; '
           f'{FLAGS.passes} passes over the 4 MNIST-1D seeds, '
           f'{FLAGS.budget_steps} steps, {FLAGS.workers} worker(s)')
     print('| tree | isolation | evals ok | worker starts | mean start s | '

@@ -3,7 +3,7 @@ r"""EvoPrompting against its baselines and ablations on MNIST-1D (issue 5, secti
   python benchmarks/search_mnist1d.py [--budget_gin=gin/mnist1d/quick.gin]
       [--seeds=0,1,2] [--methods=evoprompting,no_prompt_tuning,...]
       [--workdir_root=DIR] [--gin_file=MORE.gin ...] [--gin_bindings=...]
-      [--dry_run]
+      [--table_out=FILE] [--dry_run]
 
 Every method runs once per search seed, each run a subprocess
 
@@ -55,6 +55,7 @@ if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
 from evoprompting import report, search, store, summaries  # pylint: disable=g-import-not-at-top,wrong-import-position
+import machine  # pylint: disable=g-import-not-at-top,wrong-import-position
 import seeds  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # Method -> the gin files it adds after the budget file.
@@ -94,6 +95,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         'file (e.g. gin/lm/tiny_random.gin); repeatable.')
     parser.add_argument('--gin_bindings', action='append', default=[],
                         help='Gin bindings for every run; repeatable.')
+    parser.add_argument('--table_out', default='',
+                        help='Also write the results as a markdown table, '
+                        'with the commit, machine and command, to this file.')
     parser.add_argument('--dry_run', action='store_true',
                         help='Print the commands and exit.')
     args = parser.parse_args(argv)
@@ -191,6 +195,46 @@ def table(groups: dict[str, list[report.Run]], reference_source: str) -> list[st
     return lines
 
 
+def markdown_table(groups: dict[str, list[report.Run]], reference_source: str,
+                   argv: Sequence[str]) -> list[str]:
+    """The results as the README shows them: a caption with the command,
+    the commit(s) the runs recorded and this machine, then one row per method."""
+    commits = sorted({_recorded_revision(run.workdir)[:10]
+                      for runs in groups.values() for run in runs})
+    lines = [f'`python benchmarks/search_mnist1d.py {shlex.join(argv)}`, at '
+             f'commit {", ".join(commits)}'
+             + (' (runs of DIFFERENT commits)' if len(commits) > 1 else '')
+             + f', on {machine.describe()}; mean ± sample standard deviation '
+             'over the runs (n):', '',
+             '| method | runs | children per run | final hypervolume (test '
+             'error x log10 params) | best fitness −(params × val error) | best '
+             f'child dominates the {REFERENCE_SEED} seed | children ok |',
+             '|---|---:|---:|---:|---:|---:|---:|']
+    for method, runs in groups.items():
+        finals = [run.stats[-1] for run in runs]
+        verdicts = [dominates_reference(run, reference_source) for run in runs]
+        ok = [sum(c.result.ok and c.duplicate_of is None for c in run.children)
+              / max(1, len(run.children)) for run in runs]
+        lines.append(
+            f'| {method} | {len(runs)} '
+            f'| {", ".join(sorted({str(len(r.children)) for r in runs}))} '
+            f'| {report.mean_std([s.hypervolume_test for s in finals], ".3f")} '
+            f'| {report.mean_std([s.best_fitness for s in finals], ",.1f")} '
+            f'| {sum(v is True for v in verdicts)}/{len(runs)} '
+            f'| {min(ok):.0%}-{max(ok):.0%} |')
+    return lines
+
+
+def _recorded_revision(workdir: str) -> str:
+    """The git revision a run recorded in its run_metadata.json."""
+    try:
+        with open(os.path.join(workdir, 'run_metadata.json'),
+                  encoding='utf-8') as f:
+            return json.load(f).get('git_revision') or 'unknown'
+    except (OSError, ValueError):
+        return 'unknown'
+
+
 def summary_line(groups: dict[str, list[report.Run]], budget_gin: str,
                  failed: int) -> str:
     hv = {m: float(np.mean([r.stats[-1].hypervolume_test for r in runs]))
@@ -241,6 +285,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f'The report failed: {made.stderr.strip()[-2000:]}')
     for m, s in failed:
         print(f'FAILED: {m} seed {s}')
+    if args.table_out:
+        argv_shown = [a for a in (argv if argv is not None else sys.argv[1:])
+                      if not a.startswith('--table_out')]
+        with open(args.table_out, 'w', encoding='utf-8') as f:
+            f.write('\n'.join(markdown_table(groups, reference_source,
+                                             argv_shown)) + '\n')
+        print(f'Table: {args.table_out}')
     print(summary_line(groups, args.budget_gin, len(failed)))
     if failed or made.returncode != 0:
         sys.exit(1)

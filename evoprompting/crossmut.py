@@ -57,6 +57,9 @@ from evoprompting.tasks import base
 from lm import checkpoints, prompt_tuning, serving
 
 SOFT_PROMPTS_DIR = 'soft_prompts'
+# PROMPTS_DIR/round_<t>.json: each prompt of round t as the LM saw it (its
+# text, its parents), by `prompt_id`.
+PROMPTS_DIR = 'prompts'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,6 +204,13 @@ class CrossMut:
         temperatures = [float(t) for t in rng.choice(
             cfg.temperature_choices, cfg.samples_per_prompt)]
         key = jax.random.key(int(rng.integers(2**31)))
+        if self.workdir:
+            folder = os.path.join(self.workdir, PROMPTS_DIR)
+            os.makedirs(folder, exist_ok=True)
+            store.write_json_atomic(
+                os.path.join(folder, f'round_{round_index}.json'),
+                [{'prompt_id': p, 'parents': shots, 'text': text}
+                 for p, (shots, text) in enumerate(zip(drawn, texts))])
         samples = self.lm.generate(
             texts, num_samples=cfg.samples_per_prompt,
             max_new_tokens=cfg.max_new_tokens, temperatures=temperatures,

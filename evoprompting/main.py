@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime
 import importlib.metadata
 import json
+import logging as std_logging
 import os
 import platform
 import subprocess
@@ -54,7 +55,21 @@ flags.DEFINE_integer('cpu_devices', 0, 'On a CPU-only machine, JAX devices '
                      'over them. Candidates train in sandbox workers, which '
                      'have their own setting. No effect on accelerators.',
                      lower_bound=0)
+flags.DEFINE_bool('verbose', False, 'Also show the INFO lines of libraries '
+                  '(orbax checkpointing, JAX backends); by default only their '
+                  'warnings and errors, and this binary\'s own progress.')
 flags.mark_flags_as_required(['gin_file', 'workdir'])
+
+# Libraries whose INFO lines flood the console (orbax: a dozen per
+# checkpoint; jax: backends it could not start, e.g. 'tpu' on a CPU host).
+_CHATTY_LIBRARIES = ('/orbax/', '/jax/_src/xla_bridge.py')
+
+
+def quiet_library_info(record: std_logging.LogRecord) -> bool:
+    """A logging filter: False for INFO (and lower) lines of chatty
+    libraries, True for everything else."""
+    return (record.levelno >= std_logging.WARNING
+            or not any(part in record.pathname for part in _CHATTY_LIBRARIES))
 
 _PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'gin-config',
              'numpy', 'mnist1d', 'jraph', 'tensorboardX')
@@ -127,6 +142,9 @@ def main(argv):
         raise app.UsageError(f'unexpected arguments: {argv[1:]}')
     if os.path.exists(FLAGS.workdir) and not os.path.isdir(FLAGS.workdir):
         raise app.UsageError(f'--workdir={FLAGS.workdir} is not a folder')
+    if not FLAGS.verbose:
+        for name in ('absl', 'jax._src.xla_bridge'):
+            std_logging.getLogger(name).addFilter(quiet_library_info)
     partitioning.set_cpu_device_count(FLAGS.cpu_devices)
     try:
         gin_utils.parse(FLAGS.gin_file, FLAGS.gin_bindings)

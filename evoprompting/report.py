@@ -147,12 +147,14 @@ def _fmt(value, spec: str = '.4g') -> str:
 
 
 def mean_std(values: Sequence[float | None], spec: str) -> str:
+    """'mean ± sample standard deviation (n=k)' of the values present."""
     present = [v for v in values if v is not None]
     if not present:
         return 'n/a'
     if len(present) == 1:
-        return format(present[0], spec)
-    return f'{format(np.mean(present), spec)} ± {format(np.std(present), spec)}'
+        return f'{format(present[0], spec)} (n=1)'
+    return (f'{format(np.mean(present), spec)} ± '
+            f'{format(np.std(present, ddof=1), spec)} (n={len(present)})')
 
 
 def _seed_groups(runs: Sequence[Run]) -> list[store.Candidate]:

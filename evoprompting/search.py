@@ -32,7 +32,9 @@ Nothing lost. Every workdir file is written durably:
     rounds/round_<t>.json          the round's proposals, written atomically
                                    before the first of them is evaluated
     state.json                     rounds completed (replaced atomically)
-    <proposer files>               e.g. soft prompts (orbax), one per round
+    <proposer files>               EvoPrompting's: prompts/round_<t>.json (the
+                                   round's prompt texts by prompt_id) and
+                                   soft_prompts/ (orbax, one per round)
 
 A run started again on the same workdir skips the rounds `state.json` says
 are complete, reuses a round's saved proposals, evaluates only proposals

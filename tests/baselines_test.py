@@ -12,7 +12,7 @@ import gin
 import numpy as np
 import pytest
 
-from evoprompting import gin_utils, mutation, search, store
+from evoprompting import gin_utils, mutation, report, search, store
 from evoprompting.baselines import random_search, regularized_evolution, variation
 from evoprompting.sandbox import evaluator, pool
 from evoprompting.tasks import base, mnist1d
@@ -286,6 +286,18 @@ def test_regularized_evolution_search_end_to_end(tmp_path_factory, task):
     scored = [c for c in children if fitness[c.id] is not None]
     assert scored and top and {c.id for c in top} <= {c.id for c in scored}
     assert store.read_state(str(workdir)) == {'completed_rounds': 2}
+    # The benchmark's README table of this run.
+    sys.path.insert(0, os.path.join(gin_utils.REPO_ROOT, 'benchmarks'))
+    import search_mnist1d  # pylint: disable=g-import-not-at-top
+    run = report.load_run(str(workdir))
+    lines = search_mnist1d.markdown_table(
+        {'regularized_evolution': [run]}, SEEDS[0], ['--seeds=0'])
+    assert lines[0].startswith('`python benchmarks/search_mnist1d.py --seeds=0`'
+                               ', at commit unknown, on ')
+    ok = sum(c.result.ok and c.duplicate_of is None for c in children)
+    assert lines[-1].startswith('| regularized_evolution | 1 | 6 | ')
+    assert lines[-1].endswith(f'| {ok / 6:.0%}-{ok / 6:.0%} |')
+    assert '(n=1)' in lines[-1]
 
 
 def test_benchmark_script_runs_every_method_file(tmp_path):

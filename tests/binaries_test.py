@@ -1,6 +1,7 @@
 """Smoke tests of the real entry points, run as subprocesses with tiny budgets."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -127,3 +128,18 @@ def test_help_explains_flags():
     for module in ('evoprompting.main', 'evoprompting.evaluate'):
         out = run(module, '--help')  # absl exits 1 after printing help.
         assert '--gin_bindings' in out.stdout and '--gin_file' in out.stdout
+
+
+def test_library_info_lines_are_quiet_unless_verbose():
+    from evoprompting import main  # pylint: disable=g-import-not-at-top
+
+    def record(path, level):
+        return logging.LogRecord('absl', level, path, 1, 'msg', (), None)
+
+    orbax = '/site-packages/orbax/checkpoint/_src/checkpointer.py'
+    assert not main.quiet_library_info(record(orbax, logging.INFO))
+    assert main.quiet_library_info(record(orbax, logging.WARNING))
+    assert not main.quiet_library_info(
+        record('/site-packages/jax/_src/xla_bridge.py', logging.INFO))
+    assert main.quiet_library_info(record('/repo/evoprompting/search.py',
+                                          logging.INFO))

@@ -160,7 +160,9 @@ def test_dominated_seeds_are_those_the_best_child_beats_on_both_axes(tmp_path):
     # (100k, .59). The best child is larger than two of them.
     assert [c.result.params for c in report.dominated_seeds(run)] == [
         60_000, 100_000]
-    assert report.mean_std([1.0, None, 3.0], '.1f') == '2.0 ± 1.0'
+    # The sample standard deviation, with n.
+    assert report.mean_std([1.0, None, 3.0], '.1f') == '2.0 ± 1.4 (n=2)'
+    assert report.mean_std([5.0], '.1f') == '5.0 (n=1)'
     assert report.mean_std([None], '.1f') == 'n/a'
 
 

@@ -195,6 +195,14 @@ def test_learn_tunes_on_the_round_minus_next_parents(tmp_path, task, lm):
     # Proposals then sample with the soft prompt.
     proposals = restarted.propose(1, HISTORY, np.random.default_rng(1))
     assert len(proposals) == config.num_prompts * config.samples_per_prompt
+    # The round's prompts are kept as text, by prompt_id.
+    saved = json.loads(
+        (tmp_path / crossmut.PROMPTS_DIR / 'round_1.json').read_text())
+    assert [p['prompt_id'] for p in saved] == list(range(config.num_prompts))
+    for proposal in proposals:
+        prompt = saved[proposal.prompt_id]
+        assert tuple(prompt['parents']) == proposal.parents
+        assert prompt['text'].endswith(task.prompt_opening)
 
     frozen = crossmut.CrossMut(lm=lm, task=task, config=crossmut.CrossMutConfig(
         tune_prompt=False))
