@@ -2,8 +2,8 @@
 
 Pure functions turn the candidate log (`store.Candidate`s) into `RoundStats`
 records; `TensorBoardWriter` writes one round's record, a Pareto-front image
-and the best programs under `<workdir>/tensorboard` (tensorboardX, no
-TensorFlow). The report (`evoprompting.report`) uses the same functions, so
+and the best programs under `<workdir>/tensorboard/<run>` (tensorboardX, no
+TensorFlow), the run named after the workdir's folder. The report (`evoprompting.report`) uses the same functions, so
 what TensorBoard shows during a run and what the report shows afterwards are
 computed once.
 
@@ -248,8 +248,16 @@ def program_markdown(candidate: store.Candidate, *, alpha: float,
     return '\n'.join(lines)
 
 
+def tensorboard_run_dir(workdir: str) -> str:
+    """`<workdir>/tensorboard/<run>`: `tensorboard --logdir
+    <workdir>/tensorboard` shows the run under the workdir's name, and one
+    --logdir above several workdirs tells their runs apart."""
+    workdir = os.path.abspath(workdir)
+    return os.path.join(workdir, TENSORBOARD_DIR, os.path.basename(workdir))
+
+
 class TensorBoardWriter:
-    """Writes a search's per-round summaries to `<workdir>/tensorboard`.
+    """Writes a search's per-round summaries (`tensorboard_run_dir`).
 
     Steps are round indices (seeds: -1). Each `write_round` writes scalars, a
     Pareto-front image and the best programs as text, then flushes.
@@ -270,7 +278,8 @@ class TensorBoardWriter:
         """Opens the writer.
 
         Args:
-          workdir: the search's workdir; events go to `<workdir>/tensorboard`.
+          workdir: the search's workdir; events go to
+            `tensorboard_run_dir(workdir)`.
           alpha: the search's error threshold, to rank the best programs.
           num_best: how many best programs the text summary shows.
           purge_step: on resume, the first round about to be written again;
@@ -280,7 +289,7 @@ class TensorBoardWriter:
         """
         if num_best < 1:
             raise ValueError(f'num_best must be >= 1, got {num_best}')
-        self.logdir = os.path.join(workdir, TENSORBOARD_DIR)
+        self.logdir = tensorboard_run_dir(workdir)
         self._alpha = alpha
         self._objectives = tuple(objectives)
         self._num_best = num_best

@@ -86,7 +86,7 @@ def test_search_records_everything_and_resumes_without_redoing(
 
     # TensorBoard events and a report of the run.
     assert any(name.startswith('events.out.tfevents')
-               for name in os.listdir(tmp_path / 'tensorboard'))
+               for name in os.listdir(tmp_path / 'tensorboard' / tmp_path.name))
     out = subprocess.run(
         [sys.executable, '-m', 'evoprompting.report', f'--workdir={tmp_path}',
          f'--out={tmp_path / "report"}'], capture_output=True, text=True,

@@ -145,7 +145,9 @@ def test_tensorboard_writer_writes_readable_events(tmp_path):
             w.write_round(stats[0], candidates=candidates,
                           extra_scalars={'search/best_fitness': 1.0})
     scalars, images, texts = {}, {}, {}
-    events = read_events(str(tmp_path / 'tensorboard'))
+    # The run is named after the workdir.
+    assert w.logdir == str(tmp_path / 'tensorboard' / tmp_path.name)
+    events = read_events(w.logdir)
     # A resumed run makes TensorBoard drop the interrupted run's later events.
     assert any(e.HasField('session_log') and e.step == -1
                and e.session_log.status == e.session_log.START for e in events)
