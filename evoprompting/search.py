@@ -50,6 +50,7 @@ import ast
 import dataclasses
 import json
 import os
+import textwrap
 import time
 from typing import Any, Mapping, Protocol, Sequence
 
@@ -266,13 +267,6 @@ class _Progress:
                      _short(result), rate, eta)
 
 
-def _short(result: base.EvalResult) -> str:
-    if result.ok:
-        return f'params={result.params} ' + ' '.join(
-            f'{k}={v:.4f}' for k, v in sorted(result.metrics.items())
-            if k.startswith('val_'))
-    return result.message.splitlines()[0][:120] if result.message else ''
-
 
 class Search:
     """One search in one workdir (see the module docstring). Use `run`."""
@@ -454,11 +448,55 @@ def run(*, task: base.Task, proposer: Proposer, sandbox: evaluator.Sandbox,
                         config=config, workdir=workdir, writer=writer)
         try:
             top = search.run()
+            history = search.history
         finally:
             search.close()
             writer.close()
     print(format_top(top, task.objectives), flush=True)
+    print(closing_note(history, task, workdir), flush=True)
     return top
+
+
+BEST_PROGRAM_FILE = 'best_program.py'
+
+
+def closing_note(history: History, task: base.Task, workdir: str) -> str:
+    """The best program overall (seeds included), written to
+    `<workdir>/best_program.py`, and the commands to look at the run."""
+    scored = [(f, c) for c, f in zip(history.candidates, history.fitness)
+              if f is not None]
+    lines = []
+    if scored:
+        fitness, best = max(scored, key=lambda fc: (fc[0], -fc[1].id))
+        seed_names = [s.name for s in task.seed_programs()]
+        what = (f'seed {seed_names[best.proposal]}' if best.round == SEED_ROUND
+                else f'round {best.round} child {best.proposal}')
+        val, test = task.objectives
+        metrics = best.result.metrics
+        path = os.path.join(workdir, BEST_PROGRAM_FILE)
+        with open(path, 'w', encoding='utf-8') as f:
+            f.write(best.source)
+        lines.append(
+            f'Best program overall: candidate {best.id} ({what}), fitness '
+            f'{fitness:,.1f}, {best.result.params:,} parameters, {val} '
+            f'{metrics[val]:.3f}, {test} {metrics.get(test, float("nan")):.3f}; '
+            f'written to {path}')
+    lines += [f'Workdir: {workdir}', 'Next:',
+              f'  python -m evoprompting.report --workdir={workdir} '
+              f'--out={os.path.join(workdir, "report")}',
+              f'  tensorboard --logdir={os.path.join(workdir, summaries.TENSORBOARD_DIR)}']
+    return '\n'.join(lines)
+
+
+def _short(result: base.EvalResult) -> str:
+    """A result in a few words: its size and validation scores, or the
+    first line of its message, shortened at a word boundary."""
+    if result.ok:
+        return f'params={result.params:,} ' + ' '.join(
+            f'{k}={v:.3f}' for k, v in sorted(result.metrics.items())
+            if k.startswith('val_'))
+    first = result.message.splitlines()[0] if result.message else ''
+    return textwrap.shorten(first, width=120, placeholder=' ...')
 
 
 def format_top(candidates: Sequence[store.Candidate],

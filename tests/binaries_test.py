@@ -92,6 +92,12 @@ def test_main_runs_a_search_and_records_it(tmp_path):
         'completed_rounds': 2}
     assert os.listdir(workdir / 'tensorboard')
     assert 'Seeds done' in out.stderr and 'Round 1 done' in out.stderr
+    # It ends with the best program overall and what to run next.
+    assert 'Best program overall: candidate ' in out.stdout
+    best = (workdir / 'best_program.py').read_text()
+    assert best in {c['source'] for c in log}
+    assert f'python -m evoprompting.report --workdir={workdir}' in out.stdout
+    assert f'tensorboard --logdir={workdir / "tensorboard"}' in out.stdout
 
     # Another configuration on the same workdir is refused, unless allowed.
     more = [*SEARCH, '--gin_bindings=ROUNDS = 3', f'--workdir={workdir}']
