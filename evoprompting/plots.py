@@ -21,6 +21,7 @@ import matplotlib
 matplotlib.use('Agg')
 from matplotlib import figure as mpl_figure  # pylint: disable=g-import-not-at-top
 from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+from matplotlib import ticker  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
 from evoprompting import selection  # pylint: disable=g-import-not-at-top
@@ -48,6 +49,7 @@ class PointGroup:
       color: the group's colour (ignored when `rounds` is given).
       marker: matplotlib marker.
       front: draw the group's Pareto front as a staircase.
+      names: when given, each point is labelled with its name (e.g. seeds).
     """
 
     label: str
@@ -57,6 +59,7 @@ class PointGroup:
     color: tuple[float, float, float] | str = 'tab:blue'
     marker: str = 'o'
     front: bool = True
+    names: Sequence[str] | None = None
 
     def __post_init__(self):
         if len(self.params) != len(self.errors):
@@ -64,11 +67,14 @@ class PointGroup:
                              f'{len(self.errors)} errors')
         if self.rounds is not None and len(self.rounds) != len(self.params):
             raise ValueError(f'{self.label}: rounds do not match the points')
+        if self.names is not None and len(self.names) != len(self.params):
+            raise ValueError(f'{self.label}: names do not match the points')
 
 
 @dataclasses.dataclass(frozen=True)
 class Curve:
-    """A mean with a spread band against x (fitness curves, hypervolume)."""
+    """A mean with a spread band against x (fitness curves, hypervolume);
+    each x is marked, so a curve of one point still shows."""
 
     label: str
     x: Sequence[float]
@@ -112,6 +118,9 @@ def error_vs_size(groups: Sequence[PointGroup], *, title: str) -> Figure:
                        marker=group.marker, s=110 if star else 28, alpha=0.85,
                        label=group.label, zorder=4 if star else 3)
             line_color = group.color
+        for name, x, y in zip(group.names or (), group.params, group.errors):
+            ax.annotate(name, (x, y), textcoords='offset points',
+                        xytext=(6, -3), fontsize=8)
         if group.front:
             points = list(zip(group.errors, group.params))
             front = [points[i] for i in selection.pareto_front(points)]
@@ -130,28 +139,25 @@ def error_vs_size(groups: Sequence[PointGroup], *, title: str) -> Figure:
 
 
 def curves(series: Sequence[Curve], *, title: str, xlabel: str, ylabel: str,
-           yscale: str = 'linear',
-           reference: tuple[str, float] | None = None) -> Figure:
-    """Mean lines with shaded [low, high] bands; an optional labelled
-    horizontal reference line (e.g. the best seed's fitness)."""
+           reference: tuple[str, float] | None = None,
+           integer_x: bool = False) -> Figure:
+    """Mean lines with markers and shaded [low, high] bands on linear
+    axes (a plateau reads off the tick labels); an optional labelled
+    horizontal reference line (e.g. the best seed's fitness). `integer_x`:
+    ticks at whole numbers only (rounds)."""
     fig, ax = _new_figure()
     for s in series:
-        ax.plot(s.x, s.mean, color=s.color, label=s.label, linewidth=1.6)
+        ax.plot(s.x, s.mean, color=s.color, label=s.label, linewidth=1.6,
+                marker='o', markersize=3 if len(s.x) > 30 else 5)
         ax.fill_between(s.x, s.low, s.high, color=s.color, alpha=0.2,
                         linewidth=0)
     if reference is not None:
         ax.axhline(reference[1], color='black', linestyle='--', linewidth=1,
                    label=reference[0])
-    ax.set_yscale(yscale)
-    values = np.concatenate(
-        [np.ravel(v) for s in series for v in (s.low, s.high)]
-        + ([np.array([reference[1]])] if reference is not None else [])
-        + [np.zeros(0)])
-    values = values[np.isfinite(values)]
-    if yscale == 'symlog' and values.size and values.max() < 0:
-        # All negative (fitness): symlog's autoscale would also show decades
-        # of positive values that no curve reaches.
-        ax.set_ylim(values.min() * 2, values.max() / 2)
+    if integer_x:
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+    ax.yaxis.set_major_formatter(ticker.FuncFormatter(
+        lambda v, _: f'{v:,.4g}' if abs(v) < 1e4 else f'{v:,.0f}'))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)

@@ -36,6 +36,8 @@ from absl import app, flags, logging
 import numpy as np
 
 from evoprompting import plots, store, summaries
+from evoprompting.tasks import base
+import seeds as seeds_lib
 
 SEARCH_CONFIG_FILE = 'search_config.json'
 REPORT_FILE = 'report.md'
@@ -65,6 +67,7 @@ class Run:
     objectives: tuple[str, str]  # (validation metric, test metric).
     candidates: tuple[store.Candidate, ...]
     stats: tuple[summaries.RoundStats, ...]
+    completed_rounds: int = 0  # state.json's: rounds the search finished.
 
     @property
     def name(self) -> str:
@@ -126,9 +129,11 @@ def load_run(workdir: str) -> Run:
                           'has not evaluated anything yet')
     stats = summaries.all_round_stats(candidates, alpha=alpha, reference=reference,
                                       objectives=objectives)
+    state = store.read_state(workdir) or {}
     return Run(workdir=workdir, method=method, task=task, alpha=alpha,
                reference=reference, num_rounds=num_rounds, objectives=objectives,
-               candidates=tuple(candidates), stats=tuple(stats))
+               candidates=tuple(candidates), stats=tuple(stats),
+               completed_rounds=int(state.get('completed_rounds', 0)))
 
 
 def _group_by_method(runs: Sequence[Run]) -> dict[str, list[Run]]:
@@ -168,6 +173,20 @@ def _seed_groups(runs: Sequence[Run]) -> list[store.Candidate]:
     return seeds
 
 
+def _seed_names(runs: Sequence[Run]) -> dict[str, str]:
+    """Seed program names (seeds/<task>/<name>.py) by source hash, for the
+    seeds of `runs`' tasks."""
+    names = {}
+    for task in {run.task for run in runs}:
+        try:
+            task_seeds = seeds_lib.read_seeds(task)
+        except FileNotFoundError:  # A task of the user's, seeds elsewhere.
+            continue
+        for name, source in task_seeds:
+            names[base.source_sha256(source)] = name
+    return names
+
+
 def _point_group(candidates: Sequence[store.Candidate], test_key: str,
                  **kwargs) -> plots.PointGroup:
     pairs = [(c, p) for c in candidates
@@ -187,9 +206,14 @@ def figure_2a(groups: dict[str, list[Run]], top_k: int) -> plots.Figure:
         point_groups.append(_point_group(
             top, test_key, label=_method_label(method, runs),
             color=plots.color(i)))
-    seeds = _seed_groups([r for runs in groups.values() for r in runs])
-    point_groups.append(_point_group(seeds, test_key, label='seeds',
-                                     color='black', marker='*', front=False))
+    all_runs = [r for runs in groups.values() for r in runs]
+    seeds = [c for c in _seed_groups(all_runs)
+             if summaries.error_size_point(c, test_key) is not None]
+    names = _seed_names(all_runs)
+    point_groups.append(_point_group(
+        seeds, test_key, label='seeds', color='black', marker='*', front=False,
+        names=[names.get(c.result.source_sha256, f'seed {c.proposal}')
+               for c in seeds]))
     return plots.error_vs_size(point_groups, title=(
         f'Top {top_k} children of each run by fitness (lines: Pareto fronts)'))
 
@@ -256,7 +280,7 @@ def figure_hypervolume(groups: dict[str, list[Run]]) -> plots.Figure:
             low=values.min(axis=0), high=values.max(axis=0), color=plots.color(i)))
     references = {run.reference for runs in groups.values() for run in runs}
     return plots.curves(
-        curves, xlabel='round (-1: seeds)',
+        curves, xlabel='round (-1: seeds)', integer_x=True,
         ylabel='hypervolume (test error × log10 params)',
         title=('Hypervolume of the Pareto front so far\n(reference '
                + ', '.join(str(list(r)) for r in sorted(references))
@@ -280,7 +304,7 @@ def _runs_table(runs: Sequence[Run]) -> list[str]:
     lines = ['| run | method | task | rounds done | children | seeds | alpha '
              '| HV reference |', '|---|---|---|---:|---:|---:|---:|---|']
     for run in runs:
-        done = max(s.round for s in run.stats) + 1
+        done = run.completed_rounds
         planned = f' of {run.num_rounds}' if run.num_rounds is not None else ''
         lines.append(f'| `{run.workdir}` | {run.method} | {run.task} '
                      f'| {done}{planned} | {len(run.children)} '
@@ -411,8 +435,7 @@ def write_report(runs: Sequence[Run], out: str, *, rng: np.random.Generator,
         title=(f'Max fitness in {bootstrap_samples} bootstrap samples of '
                f'{bootstrap_size} (mean, 10-90% band)'),
         xlabel='children generated', ylabel='max fitness  −(params × val error)',
-        yscale='symlog',
-        reference=None if best_seed is None else ('best seed', best_seed)),
+        integer_x=True, reference=None if best_seed is None else ('best seed', best_seed)),
         os.path.join(out, FIGURES['fig2b']))
     plots.save_png(figure_4(groups), os.path.join(out, FIGURES['fig4']))
     plots.save_png(figure_hypervolume(groups), os.path.join(out, FIGURES['hypervolume']))

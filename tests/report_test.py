@@ -15,7 +15,8 @@ PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 FAILURES = ('syntax_error', 'build_error', 'too_large', 'nan', 'timeout', 'crash')
 
 
-def write_search(workdir, *, method, seed, rounds=3, children=16, gain=1.0):
+def write_search(workdir, *, method, seed, rounds=3, children=16, gain=1.0,
+                 completed=None):
     """A search log shaped like a real one: 4 seeds, then rounds whose ok
     children drift smaller and more accurate by `gain` per round, a mix of
     failures and duplicates, parents drawn from the best so far."""
@@ -60,6 +61,8 @@ def write_search(workdir, *, method, seed, rounds=3, children=16, gain=1.0):
                                                     'best_step': 3000}),
                         f'class Model:  # round {r} child {j}\n    width = {params}\n',
                         **extra)
+    store.write_state(workdir, {
+        'completed_rounds': rounds if completed is None else completed})
 
 
 def run_report(*args):
@@ -89,6 +92,7 @@ def test_report_of_several_methods(tmp_path):
         assert data.startswith(PNG_MAGIC) and len(data) > 10_000, name
         assert f']({name})' in text
     assert '| evoprompting | 2 | 48, 48 |' in text
+    assert text.count('| 3 of 3 |') == 3  # Rounds done, from state.json.
     assert '| random_search | 1 | 48 |' in text
     assert 'Lineage: parents #' in text and 'Ancestry' in text
     assert '```python\nclass Model:' in text
@@ -199,10 +203,41 @@ def test_report_of_a_run_that_has_scored_no_child(tmp_path):
         assert (tmp_path / 'out' / name).read_bytes().startswith(PNG_MAGIC)
 
 
-def test_negative_symlog_curves_are_framed_by_their_values():
-    curve = report.plots.Curve('fitness', [1, 2, 3], [-5000, -800, -400],
-                               [-9000, -1000, -500], [-3000, -600, -300])
+def test_curves_read_right():
+    # A fitness plateau: the ticks resolve it (a log axis had two ticks,
+    # -10^3 and -10^4); every point is marked, so one point still shows.
+    curve = report.plots.Curve('fitness', [8, 16, 24], [-3907, -3438, -3438],
+                               [-4000, -3500, -3500], [-3800, -3400, -3400])
     fig = report.plots.curves([curve], title='t', xlabel='x', ylabel='y',
-                              yscale='symlog', reference=('best seed', -437.6))
-    low, high = fig.axes[0].get_ylim()
-    assert low == -18000 and high == -150
+                              reference=('best seed', -3907.5))
+    ax = fig.axes[0]
+    low, high = ax.get_ylim()
+    ticks = [t for t in ax.get_yticks() if low <= t <= high]
+    assert ax.get_yscale() == 'linear' and len(ticks) >= 4
+    assert ax.lines[0].get_marker() == 'o'
+    # Rounds: whole-number ticks only.
+    rounds = report.plots.Curve('hv', [-1, 0, 1], [0.94, 0.94, 0.95],
+                                [0.94, 0.94, 0.95], [0.94, 0.94, 0.95])
+    fig = report.plots.curves([rounds], title='t', xlabel='round', ylabel='hv',
+                              integer_x=True)
+    fig.canvas.draw()
+    assert all(float(t).is_integer() for t in fig.axes[0].get_xticks())
+    report.plots.plt.close('all')
+
+
+def test_figure_2a_names_the_seeds():
+    groups = [report.plots.PointGroup('seeds', [5210, 15210], [0.1, 0.3],
+                                      marker='*', front=False,
+                                      names=['greydanus_cnn', 'mlp'])]
+    fig = report.plots.error_vs_size(groups, title='t')
+    assert {t.get_text() for t in fig.axes[0].texts} == {'greydanus_cnn', 'mlp'}
+    report.plots.plt.close('all')
+
+
+def test_an_interrupted_run_says_how_far_it_got(tmp_path):
+    # All 3 rounds have records, but the search finished only one of them.
+    write_search(str(tmp_path / 'run'), method='evoprompting', seed=0,
+                 completed=1)
+    proc = run_report(f'--workdir={tmp_path / "run"}', f'--out={tmp_path / "out"}')
+    assert proc.returncode == 0, proc.stderr
+    assert '| 1 of 3 |' in (tmp_path / 'out' / report.REPORT_FILE).read_text()
