@@ -33,17 +33,24 @@ class ClrsTask:
       max_params: programs whose whole model has more parameters are
         `too_large`, decided from the abstract initialisation.
       seeds: names of the seed programs that start the search (file names
-        in seeds/clrs/ without .py); empty: all nine, as in the paper.
+        in the seeds folder without .py); empty: all of them (the shipped
+        nine, as in the paper).
+      seeds_dir: a folder of the user's own seed programs (`*.py`, each a
+        `get_triplet_msgs`); '' for the shipped seeds/clrs.
     """
 
     data: data_lib.DataConfig = data_lib.DataConfig()
     train: train_lib.TrainConfig = train_lib.TrainConfig()
     max_params: int = 5_000_000
     seeds: tuple[str, ...] = ()
+    seeds_dir: str = ''
     name: str = 'clrs'
 
     def __post_init__(self):
-        known = [name for name, _ in read_seeds('clrs')]
+        try:
+            known = [name for name, _ in read_seeds('clrs', self.seeds_dir)]
+        except FileNotFoundError as e:
+            raise ValueError(str(e)) from None
         unknown = sorted(set(self.seeds) - set(known))
         if unknown:
             raise ValueError(f'unknown CLRS seeds {unknown}; the seeds are '
@@ -67,7 +74,7 @@ class ClrsTask:
 
     def seed_programs(self) -> list[base.SeedProgram]:
         return [base.SeedProgram(name, source)
-                for name, source in read_seeds('clrs')
+                for name, source in read_seeds('clrs', self.seeds_dir)
                 if not self.seeds or name in self.seeds]
 
     def private_paths(self) -> tuple[str, ...]:

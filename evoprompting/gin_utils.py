@@ -126,10 +126,13 @@ def _check_macros_are_read(files: Sequence[str], entry_config: str,
 
 
 def call(fn, **kwargs):
-    """Calls the gin-configured `fn`, reporting missing or bad parameters."""
+    """Calls the gin-configured `fn`, reporting missing or bad parameters,
+    and values that a configured argument (e.g. the task) refuses."""
     try:
         return gin.get_configurable(fn)(**kwargs)
     except (TypeError, ValueError) as e:
-        if 'gin' in str(e).lower() or 'REQUIRED' in str(e):
+        built = re.findall(r"In call to configurable '(\w+)'", str(e))
+        if ('gin' in str(e).lower() or 'REQUIRED' in str(e)
+                or any(name != fn.__name__ for name in built)):
             raise GinConfigError(f'bad gin configuration: {e}') from None
         raise

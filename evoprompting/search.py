@@ -365,11 +365,17 @@ class Search:
         """Runs (or resumes) the search; returns the top children, best first."""
         state = store.read_state(self.workdir) or {'completed_rounds': 0}
         completed = state['completed_rounds']
-        seeds = self.task.seed_programs()
+        try:
+            seeds = self.task.seed_programs()
+        except (FileNotFoundError, ValueError) as e:
+            raise SearchError(f'the seed programs: {e}') from None
         if completed >= self.config.num_rounds:
             logging.info('%s: all %d rounds are complete', self.workdir,
                          self.config.num_rounds)
             return self._top()
+        if self.task.seeds_dir and not any(c.round == SEED_ROUND
+                                           for c in self.store):
+            check_seeds(seeds, self.task.seeds_dir, self.sandbox)
         progress = _Progress(total=len(seeds), done=len(self.store))
         logging.info('Evaluating %d seed programs of %s', len(seeds), self.task.name)
         self.evaluate(SEED_ROUND, [Proposal(s.source) for s in seeds], progress)
@@ -458,6 +464,25 @@ def run(*, task: base.Task, proposer: Proposer, sandbox: evaluator.Sandbox,
 
 
 BEST_PROGRAM_FILE = 'best_program.py'
+
+
+def check_seeds(seeds: Sequence[base.SeedProgram], folder: str,
+                sandbox: evaluator.Sandbox) -> None:
+    """Builds each seed in the sandbox (validated, built on abstract
+    values, not trained) before anything is trained.
+
+    Raises:
+      SearchError: naming every seed file that does not parse, is refused,
+        does not build under the task's contract or is too large.
+    """
+    logging.info('Checking %d seed programs of %s', len(seeds), folder)
+    results = sandbox.evaluate([s.source for s in seeds], [0] * len(seeds),
+                               build_only=True)
+    failed = [f'{os.path.join(folder, s.name + ".py")}: {r.status.value}: '
+              f'{r.message}' for s, r in zip(seeds, results) if not r.ok]
+    if failed:
+        raise SearchError('seed programs that cannot start a search:\n  '
+                          + '\n  '.join(failed))
 
 
 def closing_note(history: History, task: base.Task, workdir: str) -> str:

@@ -264,3 +264,33 @@ def test_copies_of_every_seed_share_its_canonical_form(task_name):
     assert len(forms) == len(task.seed_programs())  # Seeds differ.
     assert search.canonical('x = (\n', task.preamble) == 'x = ('
 
+
+
+def test_a_users_seed_folder_is_checked_before_anything_trains(
+        tmp_path, task, worker_config, lm):
+    mine = tmp_path / 'my_seeds'
+    mine.mkdir()
+    (mine / 'small_mlp.py').write_text(MLP)
+    (mine / 'wrong_output.py').write_text(MLP.replace('Dense(10)', 'Dense(3)'))
+    (mine / 'not_python.py').write_text('class Model(\n')
+    (mine / '_helper.py').write_text('x = 1\n')  # Not a seed.
+    users = dataclasses.replace(task, seeds_dir=str(mine))
+    assert [s.name for s in users.seed_programs()] == [
+        'not_python', 'small_mlp', 'wrong_output']
+    with pytest.raises(search.SearchError) as info:
+        run(tmp_path / 'run', users, worker_config, lm)
+    message = str(info.value)
+    assert f'{mine}/not_python.py: syntax_error' in message
+    assert f'{mine}/wrong_output.py: build_error' in message
+    assert 'small_mlp' not in message
+    assert not read_log(tmp_path / 'run')  # Nothing was trained.
+    # A folder that is not there, or holds no seed, is a clear error too.
+    for folder in (tmp_path / 'missing', tmp_path / 'run'):
+        with pytest.raises(search.SearchError, match='seed'):
+            run(tmp_path / 'other', dataclasses.replace(
+                task, seeds_dir=str(folder)), worker_config, lm)
+    # Good seeds start a search.
+    (mine / 'wrong_output.py').unlink()
+    (mine / 'not_python.py').unlink()
+    run(tmp_path / 'good', users, worker_config, lm, rounds=1)
+    assert [c.round for c in read_log(tmp_path / 'good')][0] == -1

@@ -244,6 +244,9 @@ class Task(Protocol):
 
     name: str
     max_params: int  # Larger programs are `too_large`.
+    # '' for the shipped seeds; else a folder of the user's own, which the
+    # search checks (each builds under the contract) before it starts.
+    seeds_dir: str
 
     @property
     def contract(self) -> str:

@@ -223,11 +223,14 @@ class Mnist1dTask:
       train: training budget and optimizer.
       max_params: programs with more parameters are `too_large`, decided from
         the abstract initialisation before any training.
+      seeds_dir: a folder of the user's own seed programs (`*.py`, each a
+        program under the contract); '' for the shipped seeds/mnist1d.
     """
 
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
     max_params: int = 5_000_000
+    seeds_dir: str = ''
     name: str = 'mnist1d'
 
     @property
@@ -248,7 +251,7 @@ class Mnist1dTask:
 
     def seed_programs(self) -> list[base.SeedProgram]:
         return [base.SeedProgram(name, source)
-                for name, source in read_seeds('mnist1d')]
+                for name, source in read_seeds('mnist1d', self.seeds_dir)]
 
     def private_paths(self) -> tuple[str, ...]:
         return (self.data.cache_dir or default_cache_dir(),
