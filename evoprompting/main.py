@@ -110,7 +110,8 @@ class ConfigChanged(Exception):
 def write_run_record(workdir: str, *, allow_config_change: bool,
                      extra: dict | None = None) -> None:
     """Writes config.gin (the parsed configuration) and run_metadata.json
-    (`run_metadata()` and `extra`).
+    (`run_metadata()` and `extra`; on a resume, the first start is kept as
+    `started` and this one is appended to `resumed`).
 
     Raises:
       ConfigChanged: `workdir` has a config.gin that differs from the current
@@ -132,9 +133,17 @@ def write_run_record(workdir: str, *, allow_config_change: bool,
             os.replace(path, os.path.join(workdir, 'config.previous.gin'))
     with open(path, 'w', encoding='utf-8') as f:
         f.write(config)
-    with open(os.path.join(workdir, 'run_metadata.json'), 'w',
-              encoding='utf-8') as f:
-        json.dump({**run_metadata(), **(extra or {})}, f, indent=2)
+    record = {**run_metadata(), **(extra or {})}
+    path = os.path.join(workdir, 'run_metadata.json')
+    if os.path.exists(path):  # A resume: keep the first start, add this one.
+        try:
+            with open(path, encoding='utf-8') as f:
+                previous = json.load(f)
+        except ValueError:
+            previous = {}
+        record['resumed'] = [*previous.get('resumed', []), record['started']]
+        record['started'] = previous.get('started', record['started'])
+    store.write_json_atomic(path, record)
 
 
 def main(argv):

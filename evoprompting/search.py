@@ -377,7 +377,17 @@ class Search:
                                            for c in self.store):
             check_seeds(seeds, self.task.seeds_dir, self.sandbox)
         progress = _Progress(total=len(seeds), done=len(self.store))
-        logging.info('Evaluating %d seed programs of %s', len(seeds), self.task.name)
+        if len(self.store):
+            logging.info('Resuming %s: %d candidates recorded, %d of %d rounds '
+                         'complete', self.workdir, len(self.store), completed,
+                         self.config.num_rounds)
+        recorded = sum(c.round == SEED_ROUND for c in self.store)
+        if recorded == len(seeds):
+            logging.info('All %d seed programs of %s are recorded', len(seeds),
+                         self.task.name)
+        else:
+            logging.info('Evaluating %d of %d seed programs of %s',
+                         len(seeds) - recorded, len(seeds), self.task.name)
         self.evaluate(SEED_ROUND, [Proposal(s.source) for s in seeds], progress)
         if completed == 0:
             self._summarise(SEED_ROUND, {})

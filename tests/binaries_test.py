@@ -107,6 +107,12 @@ def test_main_runs_a_search_and_records_it(tmp_path):
     assert out.returncode == 0, out.stderr
     assert len((workdir / 'candidates.jsonl').read_text().splitlines()) == 16
     assert (workdir / 'config.previous.gin').exists()
+    # The resume says what it resumes and is on record after the first start.
+    assert 'Resuming ' in out.stderr and '12 candidates recorded' in out.stderr
+    assert 'All 4 seed programs of mnist1d are recorded' in out.stderr
+    resumed = json.loads((workdir / 'run_metadata.json').read_text())
+    assert resumed['started'] == metadata['started']
+    assert len(resumed['resumed']) == 1 and resumed['resumed'][0] > metadata['started']
 
 
 @pytest.mark.parametrize('args, words', [
