@@ -4,7 +4,7 @@ r"""Does the default LM do what EvoPrompting needs of it? (issue 4, section 7)
         [--corpus_dir=DIR] [--num_prompts=6] [--samples=5] \
         [--copy_weight=0,0.7] [--copy_min_match=8] [--copy_half_life=20] \
         [--order=nearest_last|drawn|nearest_first] \
-        [--max_new_tokens=384] [--seed=0]
+        [--max_new_tokens=384] [--seed=0] [--table_out=FILE]
 
 Prompts are the search's few-shot prompts (`prompts.few_shot_prompt`, the
 MNIST-1D preamble-free code, the target of `prompts.target_metrics`, opening
@@ -45,6 +45,7 @@ import ast
 import dataclasses
 import glob
 import os
+import subprocess
 import sys
 import time
 
@@ -67,6 +68,8 @@ flags.DEFINE_enum('order', 'nearest_last', ['nearest_last', 'drawn', 'nearest_fi
 flags.DEFINE_integer('max_new_tokens', 384, 'Tokens per child at most.')
 flags.DEFINE_integer('seed', 0, 'Seed of the parents and of sampling.')
 flags.DEFINE_integer('num_workers', 2, 'Sandbox workers that build children.')
+flags.DEFINE_string('table_out', '', 'Also write the pooled rates as a '
+                    'markdown table, with the commit, machine and command.')
 
 TEMPERATURES = (0.2, 0.6, 0.8, 1.0)
 PARENT_SEED_OFFSET = 1_000_003  # Parents never come from the corpus' seeds.
@@ -85,6 +88,19 @@ def build_in_sandbox(children: list[str]) -> list[int | None]:
                            ) as sandbox:
         results = sandbox.evaluate(sources, [0] * len(sources), build_only=True)
     return [r.params if r.ok else None for r in results]
+
+
+def _revision() -> str:
+    """The repository's git revision (short), or 'unknown'."""
+    try:
+        out = subprocess.run(['git', 'rev-parse', '--short=10', 'HEAD'],
+                             cwd=os.path.dirname(os.path.dirname(
+                                 os.path.abspath(__file__))),
+                             capture_output=True, text=True, timeout=10,
+                             check=False)
+        return out.stdout.strip() or 'unknown'
+    except OSError:
+        return 'unknown'
 
 
 def corpus_layers(corpus_dir: str) -> tuple[set[str], set[str]]:
@@ -161,6 +177,14 @@ def main(argv):
     settings = [(w, h) for w in map(float, FLAGS.copy_weight)
                 for h in (map(int, FLAGS.copy_half_life) if w else [0])]
     summary = []
+    table = [f'`python benchmarks/lm_children.py '
+             f'{" ".join(a for a in sys.argv[1:] if not a.startswith("--table_out"))}`'
+             f' at commit {_revision()}, on {machine.describe()}; '
+             f'{len(cases)} prompts x {len(temps)} samples per setting, all '
+             'temperatures pooled; rates of novel valid children (not a parent '
+             'verbatim), gross rates (copies included) in brackets:', '',
+             '| copy prior | valid | a parent verbatim (of valid) | '
+             'parent-conditioned (control) | within 2x |', '|---|---:|---:|---:|---:|']
     for copy_weight, half_life in settings:
         name = (f'copy_weight={copy_weight:g}, copy_min_match='
                 f'{FLAGS.copy_min_match}, copy_half_life={half_life}')
@@ -213,11 +237,23 @@ def main(argv):
                 pooled = rates
         ended = sum('class Model' not in r[2][20:] for r in rows) / len(rows)
         print(f'children without a second class statement: {ended:.0%}')
+        prior = ('off' if not copy_weight else
+                 f'{copy_weight:g}, min match {FLAGS.copy_min_match}, '
+                 f'half-life {half_life or "none"}')
+        table.append(
+            f'| {prior} '
+            f'| {pooled[0]:.0%} | {pooled[1]:.0%} '
+            f'| {pooled[2]:.0%} ({pooled[3]:.0%}) ({pooled[4]:.0%}) '
+            f'| {pooled[5]:.0%} ({pooled[6]:.0%}) |')
         summary.append(f'copy {copy_weight:g} half-life {half_life}: valid '
                        f'{pooled[0]:.0%}, a parent verbatim {pooled[1]:.0%}; '
                        f'of novel valid: parent-conditioned {pooled[2]:.0%} '
                        f'(gross {pooled[3]:.0%}, control {pooled[4]:.0%}), '
                        f'within 2x {pooled[5]:.0%} (gross {pooled[6]:.0%})')
+    if FLAGS.table_out:
+        with open(FLAGS.table_out, 'w', encoding='utf-8') as f:
+            f.write('\n'.join(table) + '\n')
+        print(f'Table: {FLAGS.table_out}')
     print(f'\nSUMMARY lm_children ({len(cases)} prompts x {len(temps)} samples, '
           f'{FLAGS.checkpoint}, order {FLAGS.order}): ' + '; '.join(summary))
 

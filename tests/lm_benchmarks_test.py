@@ -77,9 +77,10 @@ def test_prompt_tuning_benchmark_tunes_without_recompiling(tmp_path):
     assert len(result['epoch_loss']) == 2
 
 
-def test_lm_children_reports_the_three_rates_per_setting():
+def test_lm_children_reports_the_three_rates_per_setting(tmp_path):
+    table = tmp_path / 'table.md'
     lines = run_benchmark('lm_children.py', '--num_prompts=2', '--samples=1',
-                          '--copy_weight=0,0.7')
+                          '--copy_weight=0,0.7', f'--table_out={table}')
     rows = [line.split('|')[0].strip() for line in lines if line.count('|') == 6]
     assert any(line.startswith('corpus NOT checked') for line in lines)
     # Per setting: the header, the paper's four temperatures and the pool.
@@ -94,3 +95,11 @@ def test_lm_children_reports_the_three_rates_per_setting():
     # Of 8 children of the default model, some build (each in a sandbox
     # worker, under the MNIST-1D contract).
     assert all(int(r[2]) > 0 for r in rates)
+    # The README's table, with its command, commit and machine.
+    written = table.read_text().splitlines()
+    assert written[0].startswith('`python benchmarks/lm_children.py '
+                                 '--num_prompts=2 --samples=1 --copy_weight=0,0.7`'
+                                 ' at commit ')
+    assert [row.split('|')[1].strip() for row in written[4:]] == [
+        'off', '0.7, min match 8, half-life 20']
+    assert written[4].split('|')[2].strip() == f'{rates[0][2]}%'
