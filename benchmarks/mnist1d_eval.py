@@ -2,7 +2,7 @@ r"""Evaluation throughput of the MNIST-1D seeds, and a PyTorch eager reference.
 
   python benchmarks/mnist1d_eval.py [--seeds=greydanus_cnn,residual_cnn,gru,mlp]
       [--budgets=quick,paper] [--repeats=1] [--torch_python=PATH|none]
-      [--gin_bindings=...] [--json_out=PATH]
+      [--gin_bindings=...] [--json_out=PATH] [--baseline=COMMIT]
 
 For every seed program and training budget, with `--repeats` repetitions:
 
@@ -41,6 +41,7 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -88,6 +89,10 @@ flags.DEFINE_integer('torch_threads', 2, 'torch.set_num_threads for the '
 flags.DEFINE_multi_string('gin_bindings', [],
                           'Gin bindings applied after the budget gin file.')
 flags.DEFINE_string('json_out', '', 'Also write every measurement here.')
+flags.DEFINE_string('baseline', '', 'A commit to compare with: its own '
+                    'benchmarks/mnist1d_eval.py runs on the same flags (no '
+                    'torch) in a worktree of it, after this tree, and a table '
+                    'puts the two side by side.')
 
 
 @dataclasses.dataclass
@@ -318,7 +323,61 @@ def main(argv):
     if FLAGS.json_out:
         with open(FLAGS.json_out, 'w', encoding='utf-8') as f:
             json.dump([dataclasses.asdict(r) for r in rows], f, indent=1)
-    print(summary(rows, torch_note), flush=True)
+    summary_line = summary(rows, torch_note)
+    if FLAGS.baseline:
+        before = run_baseline(FLAGS.baseline)
+        print(comparison(rows, before, FLAGS.baseline))
+        now = [w for r in rows for w in r.cold_wall_s]
+        then = [w for r in before for w in r.cold_wall_s]
+        if now and then:
+            summary_line += (f'; fresh evaluations per minute, this tree / '
+                             f'{FLAGS.baseline}: '
+                             f'{(len(now) / sum(now)) / (len(then) / sum(then)):.2f}x')
+    print(summary_line, flush=True)
+
+
+def run_baseline(commit: str) -> list[Row]:
+    """The rows of `commit`'s own mnist1d_eval.py on this run's flags
+    (without torch), measured in a temporary worktree of it."""
+    tree = tempfile.mkdtemp(prefix='mnist1d-eval-baseline-')
+    subprocess.run(['git', 'worktree', 'add', '--detach', tree, commit],
+                   cwd=REPO_ROOT, check=True, capture_output=True)
+    try:
+        out = os.path.join(tree, 'rows.json')
+        argv = [sys.executable, os.path.join(tree, 'benchmarks', 'mnist1d_eval.py'),
+                f'--seeds={",".join(FLAGS.seeds)}',
+                f'--budgets={",".join(FLAGS.budgets)}',
+                f'--repeats={FLAGS.repeats}', f'--seed={FLAGS.seed}',
+                '--torch_python=none', f'--json_out={out}',
+                *(f'--gin_bindings={b}' for b in FLAGS.gin_bindings)]
+        log(f'baseline {commit}: {" ".join(argv[1:])}')
+        subprocess.run(argv, cwd=tree, env={**os.environ, 'PYTHONPATH': tree},
+                       check=True, stdout=subprocess.DEVNULL)
+        with open(out, encoding='utf-8') as f:
+            return [Row(**r) for r in json.load(f)]
+    finally:
+        subprocess.run(['git', 'worktree', 'remove', '--force', tree],
+                       cwd=REPO_ROOT, check=False, capture_output=True)
+
+
+def comparison(rows: list[Row], before: list[Row], commit: str) -> str:
+    """This tree's rows beside the baseline's, by (seed, budget)."""
+    by_key = {(r.seed_name, r.budget): r for r in before}
+    per_min = lambda walls: 60 * len(walls) / sum(walls) if walls else None
+    lines = [f'\nThis tree (now) against {commit} (before), side by side in '
+             'this run:', '',
+             '| seed | budget | evals/min fresh, now / before | evals/min warm, '
+             'now / before | JAX steps/s, now / before | val accuracy, now / '
+             'before |', '|---|---|---:|---:|---:|---:|']
+    for r in rows:
+        b = by_key.get((r.seed_name, r.budget), Row(r.seed_name, r.budget))
+        lines.append(
+            f'| {r.seed_name} | {r.budget} '
+            f'| {_fmt(per_min(r.cold_wall_s), ".1f")} / {_fmt(per_min(b.cold_wall_s), ".1f")} '
+            f'| {_fmt(per_min(r.warm_wall_s), ".1f")} / {_fmt(per_min(b.warm_wall_s), ".1f")} '
+            f'| {_fmt(_median(r.jax_steps_per_s), ".0f")} / {_fmt(_median(b.jax_steps_per_s), ".0f")} '
+            f'| {_fmt(r.val_accuracy, ".4f")} / {_fmt(b.val_accuracy, ".4f")} |')
+    return '\n'.join(lines)
 
 
 if __name__ == '__main__':
