@@ -22,7 +22,6 @@ from __future__ import annotations
 import datetime
 import importlib.metadata
 import json
-import logging as std_logging
 import os
 import platform
 import subprocess
@@ -32,7 +31,7 @@ from absl import app, flags, logging
 import gin
 import jax
 
-from evoprompting import devices, gin_utils, search, store
+from evoprompting import devices, gin_utils, logs, search, store
 from evoprompting.sandbox import isolation
 from lm import partitioning
 
@@ -59,17 +58,6 @@ flags.DEFINE_bool('verbose', False, 'Also show the INFO lines of libraries '
                   '(orbax checkpointing, JAX backends); by default only their '
                   'warnings and errors, and this binary\'s own progress.')
 flags.mark_flags_as_required(['gin_file', 'workdir'])
-
-# Libraries whose INFO lines flood the console (orbax: a dozen per
-# checkpoint; jax: backends it could not start, e.g. 'tpu' on a CPU host).
-_CHATTY_LIBRARIES = ('/orbax/', '/jax/_src/xla_bridge.py')
-
-
-def quiet_library_info(record: std_logging.LogRecord) -> bool:
-    """A logging filter: False for INFO (and lower) lines of chatty
-    libraries, True for everything else."""
-    return (record.levelno >= std_logging.WARNING
-            or not any(part in record.pathname for part in _CHATTY_LIBRARIES))
 
 _PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'gin-config',
              'numpy', 'mnist1d', 'jraph', 'tensorboardX')
@@ -152,8 +140,7 @@ def main(argv):
     if os.path.exists(FLAGS.workdir) and not os.path.isdir(FLAGS.workdir):
         raise app.UsageError(f'--workdir={FLAGS.workdir} is not a folder')
     if not FLAGS.verbose:
-        for name in ('absl', 'jax._src.xla_bridge'):
-            std_logging.getLogger(name).addFilter(quiet_library_info)
+        logs.quiet_libraries()
     partitioning.set_cpu_device_count(FLAGS.cpu_devices)
     try:
         gin_utils.parse(FLAGS.gin_file, FLAGS.gin_bindings)

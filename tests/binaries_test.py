@@ -143,15 +143,15 @@ def test_help_explains_flags():
 
 
 def test_library_info_lines_are_quiet_unless_verbose():
-    from evoprompting import main  # pylint: disable=g-import-not-at-top
+    from evoprompting import logs  # pylint: disable=g-import-not-at-top
 
     def record(path, level):
         return logging.LogRecord('absl', level, path, 1, 'msg', (), None)
 
     orbax = '/site-packages/orbax/checkpoint/_src/checkpointer.py'
-    assert not main.quiet_library_info(record(orbax, logging.INFO))
-    assert main.quiet_library_info(record(orbax, logging.WARNING))
-    assert not main.quiet_library_info(
+    assert not logs.quiet_library_info(record(orbax, logging.INFO))
+    assert logs.quiet_library_info(record(orbax, logging.WARNING))
+    assert not logs.quiet_library_info(
         record('/site-packages/jax/_src/xla_bridge.py', logging.INFO))
-    assert main.quiet_library_info(record('/repo/evoprompting/search.py',
+    assert logs.quiet_library_info(record('/repo/evoprompting/search.py',
                                           logging.INFO))
