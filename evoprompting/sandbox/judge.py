@@ -76,10 +76,7 @@ class Judge:
         """The verdict on a build-only request: `ok` with the exact
         parameter count, or `too_large`; no metrics. ValueError for shapes
         that are not shapes."""
-        shapes = [[int(n) for n in shape] for shape in param_shapes]
-        if any(n < 0 for shape in shapes for n in shape):
-            raise ValueError('a negative dimension')
-        params = sum(math.prod(shape) for shape in shapes)
+        params = base.num_params(base.param_shapes_from_json(param_shapes))
         return self._size(params) or EvalResult(
             Status.OK, f'builds: {params:,} parameters', '', params=params)
 

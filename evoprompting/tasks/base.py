@@ -154,6 +154,25 @@ def _read_npy(member: Any, size: int) -> np.ndarray:
     return array.reshape(shape, order='F' if fortran_order else 'C').copy()
 
 
+ParamShapes = tuple[tuple[int, ...], ...]
+
+
+def num_params(shapes: ParamShapes) -> int:
+    """Numbers in arrays of `shapes`; exact (Python integers: no overflow)."""
+    return sum(math.prod(shape) for shape in shapes)
+
+
+def param_shapes_from_json(raw: Any) -> ParamShapes:
+    """Parameter shapes from an untrusted reply. Raises ValueError."""
+    try:
+        shapes = tuple(tuple(int(n) for n in shape) for shape in raw)
+    except TypeError as e:
+        raise ValueError(f'malformed parameter shapes: {e}') from None
+    if any(n < 0 for shape in shapes for n in shape):
+        raise ValueError('negative parameter dimension')
+    return shapes
+
+
 @dataclasses.dataclass(frozen=True)
 class Trained:
     """What a worker returns for a program it trained: evidence, not a verdict.
@@ -182,8 +201,7 @@ class Trained:
 
     @property
     def params(self) -> int:
-        """Exact (Python integers: no overflow)."""
-        return sum(math.prod(s) for s in self.param_shapes)
+        return num_params(self.param_shapes)
 
     def to_json(self) -> dict[str, Any]:
         loss = self.final_train_loss
@@ -197,15 +215,13 @@ class Trained:
     def from_json(cls, d: Mapping[str, Any]) -> Trained:
         """Parses an untrusted record strictly. Raises ValueError."""
         try:
-            shapes = tuple(tuple(int(n) for n in s) for s in d['param_shapes'])
+            shapes = param_shapes_from_json(d['param_shapes'])
             best_step = int(d['best_step'])
             timings = [float(d[k]) for k in ('compile_s', 'train_s')]
             loss = d.get('final_train_loss')
             loss = float('nan') if loss is None else float(loss)
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f'malformed trained record: {e}') from None
-        if any(n < 0 for s in shapes for n in s):
-            raise ValueError('negative parameter dimension')
         if not all(math.isfinite(t) and t >= 0 for t in timings):
             raise ValueError(f'timings must be seconds: {timings}')
         return cls(shapes, best_step, arrays_from_json(d['test_predictions']),

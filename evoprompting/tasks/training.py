@@ -3,7 +3,6 @@ batch orders."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import jax
@@ -25,7 +24,7 @@ def param_shapes(variables: Any) -> tuple[tuple[int, ...], ...]:
 
 def count_params(variables: Any) -> int:
     """Number of real scalars in the 'params' collection (`param_shapes`)."""
-    return sum(math.prod(shape) for shape in param_shapes(variables))
+    return base.num_params(param_shapes(variables))
 
 
 def params_within_cap(variables: Any,
@@ -33,7 +32,7 @@ def params_within_cap(variables: Any,
     """`param_shapes(variables)`, or ProgramFailure(too_large) when they
     hold more than `max_params` numbers."""
     shapes = param_shapes(variables)
-    num_params = sum(math.prod(shape) for shape in shapes)
+    num_params = base.num_params(shapes)
     if num_params > max_params:
         raise base.ProgramFailure(
             base.Status.TOO_LARGE,
