@@ -39,7 +39,7 @@ import functools
 import inspect
 import json
 import os
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import flax
 import jax
@@ -466,6 +466,29 @@ def make_batch(arrays: DatasetArrays, spec: Spec, indices: Any,
         hints=graphs(hints, False),
         lengths=jnp.where(graph_mask, jnp.pad(lengths, (0, num_pad)), 0),
         graph_mask=graph_mask)
+
+
+def graph_axis_shardings(batch: GraphBatch, split: Callable[[int], Any]
+                         ) -> GraphBatch:
+    """A tree like `batch` giving each leaf `split(axis)`, `axis` being the
+    leaf's graph axis: 1 for the time-major hint features, 0 for every other
+    leaf (node, edge and graph features, senders, receivers, counts, lengths,
+    mask). Graphs lie in consecutive blocks along that axis, so splitting it
+    in equal parts gives each part whole graphs."""
+
+    def graphs(g: jraph.GraphsTuple, feature_axis: int) -> jraph.GraphsTuple:
+        along = lambda tree, axis: jax.tree.map(lambda _: split(axis), tree)
+        return g._replace(
+            nodes=along(g.nodes, feature_axis),
+            edges=along(g.edges, feature_axis),
+            globals=along(g.globals, feature_axis),
+            senders=along(g.senders, 0), receivers=along(g.receivers, 0),
+            n_node=along(g.n_node, 0), n_edge=along(g.n_edge, 0))
+
+    return batch.replace(inputs=graphs(batch.inputs, 0),
+                         outputs=graphs(batch.outputs, 0),
+                         hints=graphs(batch.hints, 1),
+                         lengths=split(0), graph_mask=split(0))
 
 
 def _isqrt(x: int) -> int:

@@ -14,6 +14,11 @@ their answers (`data.redacted`) and reports hard output predictions;
 `score`, in the trusted parent, scores them against the outputs, and the
 parent's `judge.Judge` says which evaluation point to keep.
 
+Training is data-parallel over the worker's devices, as MNIST-1D's is
+(`training.DataParallel`): parameters and optimizer state replicated, every
+training and evaluation batch split along its graph axis, so `batch_size` and
+`eval_batch_size` must divide evenly over the devices.
+
 Each program compiles init, one training step per training size and one
 prediction per evaluation set, all of them lowered before the first step and
 compiled on `compile_threads` threads (`compiling.Compiler`). `compile_s` is
@@ -41,8 +46,8 @@ from clrs_tasks import processors
 from evoprompting.sandbox import judge as judge_lib
 from evoprompting.tasks import base
 from evoprompting.tasks import compiling
-from evoprompting.tasks.training import batch_order, param_shapes
-from evoprompting.tasks.training import params_within_cap
+from evoprompting.tasks.training import DataParallel, batch_order
+from evoprompting.tasks.training import param_shapes, params_within_cap
 
 Status = base.Status
 _EPS = 1e-12
@@ -246,9 +251,15 @@ def train_and_predict(triplet_fn: Any, splits: Splits, config: TrainConfig,
     make the training loss or an evaluation's output predictions non-finite.
     """
     t0 = time.perf_counter()
+    parallel = DataParallel(jax.devices(), batch_size=config.batch_size,
+                            eval_batch_size=config.eval_batch_size)
     spec, module, sample, variables = _abstract_model(triplet_fn, splits,
                                                       config)
     params_within_cap(variables, max_params)
+    # Every batch goes to the devices split along its graph axis.
+    to_devices = lambda batch: jax.device_put(
+        batch, data_lib.graph_axis_shardings(batch, parallel.split))
+    sample = to_devices(sample)
 
     if config.grad_clip_max_norm > 0:
         tx = optax.chain(optax.clip_by_global_norm(config.grad_clip_max_norm),
@@ -287,11 +298,17 @@ def train_and_predict(triplet_fn: Any, splits: Splits, config: TrainConfig,
                 jnp.isfinite(pred).reshape(pred.shape[0], -1), axis=-1)
         return metrics.postprocess(spec, outs), finite
 
-    init_jit, train_jit, predict_jit = (
-        jax.jit(init), jax.jit(train_step), jax.jit(predict))
+    replicated = parallel.replicated
+    init_jit = jax.jit(init, out_shardings=replicated)
+    train_jit = jax.jit(train_step, out_shardings=replicated)
+    predict_jit = jax.jit(predict)
 
     def eval_batch(dataset, rows):
-        return _host_batch(dataset, rows, config.eval_batch_size)
+        return to_devices(_host_batch(dataset, rows, config.eval_batch_size))
+
+    def train_batch(size, step):
+        return to_devices(_host_batch(splits.train[size], orders[size][step],
+                                      config.batch_size))
 
     def predict_set(params, dataset, step, split):
         """Hard output predictions on `dataset`; non-finite output
@@ -318,9 +335,9 @@ def train_and_predict(triplet_fn: Any, splits: Splits, config: TrainConfig,
         # Every program is lowered and its compile started before the first
         # step, init first, in the order they are needed.
         abstract_state = compiler.submit('init', init_jit, 'once', sample)
-        for pool, order in zip(splits.train, orders):
+        for size in range(sizes):
             compiler.submit('train', train_jit, 'train', abstract_state,
-                            _host_batch(pool, order[0], config.batch_size))
+                            train_batch(size, 0))
         for dataset in (splits.val, splits.test):
             first_rows = next(iter(data_lib.eval_batches(
                 dataset.num_samples, config.eval_batch_size)))
@@ -332,10 +349,8 @@ def train_and_predict(triplet_fn: Any, splits: Splits, config: TrainConfig,
         best_step, best_params = 0, None
         for step in range(config.num_steps):
             size = step % sizes
-            batch = _host_batch(splits.train[size], orders[size][step // sizes],
-                                config.batch_size)
             state, loss = compiler.run('train', train_jit, 'train', state,
-                                       batch)
+                                       train_batch(size, step // sizes))
             last = step + 1 == config.num_steps
             if (step + 1) % config.eval_every == 0 or last:
                 if not np.isfinite(float(loss)):

@@ -57,7 +57,6 @@ import jax.extend as jex
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from evoprompting.sandbox import judge as judge_lib
 from evoprompting.tasks import base
@@ -235,13 +234,9 @@ def train_and_predict(model_cls: Any, inputs: Mapping[str, np.ndarray],
     Raises ProgramFailure for contract violations, non-finite training
     losses and non-finite logits at an evaluation.
     """
-    devices = jax.devices()
-    mesh = Mesh(np.asarray(devices), ('data',))
-    if config.batch_size % len(devices):
-        raise ValueError(f'batch_size {config.batch_size} must be divisible by '
-                         f'{len(devices)} devices')
-    replicated = NamedSharding(mesh, P())
-    by_batch = NamedSharding(mesh, P('data'))
+    parallel = training.DataParallel(jax.devices(),
+                                     batch_size=config.batch_size)
+    replicated, by_batch = parallel.replicated, parallel.split()
 
     sample_x = _sample_input(inputs, config)
     built = _build(model_cls, sample_x, num_classes)

@@ -1,5 +1,5 @@
-"""Helpers every task's trainer shares: parameter counts, the size cap and
-batch orders."""
+"""Helpers every task's trainer shares: parameter counts, the size cap,
+batch orders and the data-parallel mesh."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
 
 from evoprompting.tasks import base
 
@@ -53,3 +55,32 @@ def batch_order(num_examples: int, batch_size: int, num_steps: int,
         for _ in range(epochs)])
     return order[:num_steps * batch_size].reshape(
         num_steps, batch_size).astype(np.int32)
+
+
+class DataParallel:
+    """A worker's devices as a one-axis mesh ('data') for data-parallel
+    training: parameters and optimizer state replicated, every batch split
+    along its example (graph) axis, so each device computes its share of the
+    examples and XLA sums the gradients across devices.
+
+    Raises ValueError at construction when a batch size does not divide
+    evenly over the devices.
+    """
+
+    def __init__(self, devices: Any, **batch_sizes: int):
+        self.mesh = Mesh(np.asarray(devices), ('data',))
+        for name, size in batch_sizes.items():
+            if size % self.mesh.size:
+                raise ValueError(
+                    f'{name} {size} must be divisible by the worker\'s '
+                    f'{self.mesh.size} devices')
+
+    @property
+    def replicated(self) -> NamedSharding:
+        """Whole on every device (parameters, state, datasets)."""
+        return NamedSharding(self.mesh, PartitionSpec())
+
+    def split(self, axis: int = 0) -> NamedSharding:
+        """Split over the devices along `axis` (a batch's example axis)."""
+        return NamedSharding(self.mesh,
+                             PartitionSpec(*([None] * axis), 'data'))
