@@ -19,6 +19,7 @@ then kept as DIR/config.previous.gin).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import importlib.metadata
 import json
@@ -26,12 +27,13 @@ import os
 import platform
 import subprocess
 import sys
+from typing import Callable, Iterator
 
 from absl import app, flags, logging
 import gin
 import jax
 
-from evoprompting import devices, gin_utils, logs, search, store
+from evoprompting import devices, gin_utils, logs, mirror, search, store
 from evoprompting.sandbox import isolation
 from lm import partitioning
 
@@ -54,6 +56,11 @@ flags.DEFINE_integer('cpu_devices', 0, 'On a CPU-only machine, JAX devices '
                      'over them. Candidates train in sandbox workers, which '
                      'have their own setting. No effect on accelerators.',
                      lower_bound=0)
+flags.DEFINE_string('mirror_to', '', 'Keep a copy of the workdir here, '
+                    'updated after every evaluated child: a gs:// URL '
+                    '(gcloud storage rsync) or a local folder. On a VM that '
+                    'can be preempted, restore the workdir from it and rerun '
+                    'to resume (launch/tpu_vm.py does).')
 flags.DEFINE_bool('verbose', False, 'Also show the INFO lines of libraries '
                   '(orbax checkpointing, JAX backends); by default only their '
                   'warnings and errors, and this binary\'s own progress.')
@@ -134,11 +141,31 @@ def write_run_record(workdir: str, *, allow_config_change: bool,
     store.write_json_atomic(path, record)
 
 
+@contextlib.contextmanager
+def _workdir_mirror() -> Iterator[Callable[[], None]]:
+    """Yields what to call after each write to the workdir: a request for a
+    --mirror_to copy (the last copy is made on the way out, also after an
+    error or Ctrl-C), or nothing without the flag."""
+    if not FLAGS.mirror_to:
+        yield lambda: None
+        return
+    with mirror.Mirror(FLAGS.workdir, FLAGS.mirror_to) as copy:
+        copy.request()  # The run record and config, before any work.
+        logging.info('Mirroring %s to %s after every record', FLAGS.workdir,
+                     FLAGS.mirror_to)
+        yield copy.request
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f'unexpected arguments: {argv[1:]}')
     if os.path.exists(FLAGS.workdir) and not os.path.isdir(FLAGS.workdir):
         raise app.UsageError(f'--workdir={FLAGS.workdir} is not a folder')
+    if FLAGS.mirror_to:
+        try:
+            mirror.check_destination(FLAGS.mirror_to, FLAGS.workdir)
+        except ValueError as e:
+            raise app.UsageError(f'--mirror_to: {e}') from None
     if not FLAGS.verbose:
         logs.quiet_libraries()
     partitioning.set_cpu_device_count(FLAGS.cpu_devices)
@@ -159,8 +186,10 @@ def main(argv):
                          extra={'device_plan': devices.plan_to_json(plan, host),
                                 'isolation': sandbox.to_json()})
         logging.info('Config written to %s', FLAGS.workdir)
-        gin_utils.call(search.run, workdir=FLAGS.workdir,
-                       allow_config_change=FLAGS.allow_config_change)
+        with _workdir_mirror() as on_change:
+            gin_utils.call(search.run, workdir=FLAGS.workdir,
+                           allow_config_change=FLAGS.allow_config_change,
+                           on_change=on_change)
     except (gin_utils.GinConfigError, ConfigChanged, search.SearchError,
             devices.PlanError, isolation.IsolationError,
             store.StoreFormatError) as e:

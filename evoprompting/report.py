@@ -39,7 +39,6 @@ from evoprompting import plots, store, summaries
 from evoprompting.tasks import base
 import seeds as seeds_lib
 
-SEARCH_CONFIG_FILE = 'search_config.json'
 REPORT_FILE = 'report.md'
 FIGURES = {
     'fig2a': 'fig2a_error_vs_size.png',
@@ -95,10 +94,10 @@ def load_run(workdir: str) -> Run:
     """
     if not os.path.isdir(workdir):
         raise ReportError(f'workdir {workdir!r} does not exist')
-    config_path = os.path.join(workdir, SEARCH_CONFIG_FILE)
+    config_path = os.path.join(workdir, store.SEARCH_CONFIG_FILE)
     if not os.path.isfile(config_path):
         raise ReportError(f'{workdir!r} is not a search workdir: it has no '
-                          f'{SEARCH_CONFIG_FILE}')
+                          f'{store.SEARCH_CONFIG_FILE}')
     try:
         with open(config_path, encoding='utf-8') as f:
             config = json.load(f)
@@ -486,24 +485,27 @@ def write_report(runs: Sequence[Run], out: str, *, rng: np.random.Generator,
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_multi_string('workdir', [], 'A search workdir to report (repeat '
-                          'the flag, or list workdirs as positional arguments).')
-flags.DEFINE_string('out', None, 'Output folder for report.md and the PNGs '
-                    '(required).')
-flags.DEFINE_integer('top_k', 20, "Figure 2a: each run's top-k children by fitness.",
-                     lower_bound=1)
-flags.DEFINE_integer('num_best', 3, 'Best programs listed per run.', lower_bound=1)
-flags.DEFINE_integer('bootstrap_samples', 100, 'Figure 2b: samples at each x.',
-                     lower_bound=1)
-flags.DEFINE_integer('bootstrap_size', 20, 'Figure 2b: size of each sample.',
-                     lower_bound=1)
-flags.DEFINE_integer('seed', 0, 'Seed of the bootstrap random generator.')
+
+
+def define_flags() -> None:
+    """The binary's flags; defined only when it runs, so the programs that
+    import this module (sweeps, benchmarks) do not get them."""
+    flags.DEFINE_multi_string('workdir', [], 'A search workdir to report (repeat '
+                              'the flag, or list workdirs as positional arguments).')
+    flags.DEFINE_string('out', None, 'Output folder for report.md and the PNGs '
+                        '(required).')
+    flags.DEFINE_integer('top_k', 20, "Figure 2a: each run's top-k children by fitness.",
+                         lower_bound=1)
+    flags.DEFINE_integer('num_best', 3, 'Best programs listed per run.', lower_bound=1)
+    flags.DEFINE_integer('bootstrap_samples', 100, 'Figure 2b: samples at each x.',
+                         lower_bound=1)
+    flags.DEFINE_integer('bootstrap_size', 20, 'Figure 2b: size of each sample.',
+                         lower_bound=1)
+    flags.DEFINE_integer('seed', 0, 'Seed of the bootstrap random generator.')
 
 
 def main(argv: Sequence[str]) -> None:
     workdirs = list(FLAGS.workdir) + list(argv[1:])
-    # Checked here rather than with flags.mark_flag_as_required, which would
-    # make every program that imports this module (a benchmark) require --out.
     if not FLAGS.out:
         raise app.UsageError('--out is required: the folder for report.md and '
                              'the PNGs')
@@ -522,4 +524,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
+    define_flags()
     app.run(main)

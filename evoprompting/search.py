@@ -52,7 +52,7 @@ import json
 import os
 import textwrap
 import time
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from absl import logging
 import numpy as np
@@ -61,7 +61,6 @@ from evoprompting import selection, store, summaries
 from evoprompting.sandbox import evaluator
 from evoprompting.tasks import base
 
-SEARCH_CONFIG_FILE = 'search_config.json'
 ROUNDS_DIR = 'rounds'
 SEED_ROUND = -1
 
@@ -221,7 +220,7 @@ def _has_docstring(node: ast.AST) -> bool:
 def _check_search_config(workdir: str, config: SearchConfig, task: base.Task,
                          allow_change: bool) -> None:
     """Writes search_config.json, refusing a workdir of another search."""
-    path = os.path.join(workdir, SEARCH_CONFIG_FILE)
+    path = os.path.join(workdir, store.SEARCH_CONFIG_FILE)
     current = {**dataclasses.asdict(config), 'task': task.name,
                'objectives': list(task.objectives)}
     current['hypervolume_reference'] = list(config.hypervolume_reference)
@@ -274,13 +273,17 @@ class Search:
     def __init__(self, *, task: base.Task, proposer: Proposer,
                  sandbox: evaluator.Sandbox, config: SearchConfig,
                  workdir: str,
-                 writer: summaries.TensorBoardWriter | None = None):
+                 writer: summaries.TensorBoardWriter | None = None,
+                 on_change: Callable[[], None] = lambda: None):
+        """`on_change` is called after every write to the workdir (each
+        recorded candidate, saved proposals, round summaries and state)."""
         self.task = task
         self.proposer = proposer
         self.sandbox = sandbox
         self.config = config
         self.workdir = workdir
         self.writer = writer
+        self.on_change = on_change
         self.store = store.CandidateStore.open(workdir)
 
     @property
@@ -324,6 +327,7 @@ class Search:
                 result=result, parents=p.parents, prompt_id=p.prompt_id,
                 temperature=p.temperature, duplicate_of=duplicate_of,
                 proposal=i))
+            self.on_change()
             if progress:
                 label = (f'seed {i}' if round_index == SEED_ROUND
                          else f'round {round_index} child {i}')
@@ -357,6 +361,7 @@ class Search:
             round_rng(self.config.seed, round_index, 'propose'))
         os.makedirs(folder, exist_ok=True)
         store.write_json_atomic(path, [p.to_json() for p in proposals])
+        self.on_change()
         logging.info('Round %d: %d proposals in %.1f s, saved', round_index,
                      len(proposals), time.monotonic() - start)
         return proposals
@@ -411,6 +416,7 @@ class Search:
                 scalars.update(learnt)
             self._summarise(t, scalars)
             store.write_state(self.workdir, {'completed_rounds': t + 1})
+            self.on_change()
         return self._top()
 
     def _summarise(self, round_index: int, scalars: Mapping[str, float]) -> None:
@@ -440,8 +446,12 @@ class Search:
 
 def run(*, task: base.Task, proposer: Proposer, sandbox: evaluator.Sandbox,
         config: SearchConfig, workdir: str,
-        allow_config_change: bool = False) -> list[store.Candidate]:
+        allow_config_change: bool = False,
+        on_change: Callable[[], None] = lambda: None
+        ) -> list[store.Candidate]:
     """Runs or resumes a search in `workdir`; the main binary's job.
+
+    `on_change` is called after every write to the workdir (see `Search`).
 
     Takes ownership of `sandbox` (closed on return). Writes TensorBoard
     summaries to `<workdir>/tensorboard` after the seeds and after every
@@ -461,7 +471,8 @@ def run(*, task: base.Task, proposer: Proposer, sandbox: evaluator.Sandbox,
             purge_step=state['completed_rounds'] if state else SEED_ROUND,
             objectives=task.objectives)
         search = Search(task=task, proposer=proposer, sandbox=sandbox,
-                        config=config, workdir=workdir, writer=writer)
+                        config=config, workdir=workdir, writer=writer,
+                        on_change=on_change)
         try:
             top = search.run()
             history = search.history

@@ -32,6 +32,7 @@ from evoprompting.tasks import base
 
 CANDIDATES_FILE = 'candidates.jsonl'
 STATE_FILE = 'state.json'
+SEARCH_CONFIG_FILE = 'search_config.json'  # The search's settings.
 FORMAT_FILE = 'store_format.json'
 # 1: workdirs from before the version was recorded. 2: results carry the
 # sandbox's `isolation` (absent, read as '', in version 1 records). 3: soft
@@ -253,6 +254,18 @@ def write_json_atomic(path: str, obj: Any) -> None:
 def write_state(workdir: str, state: Mapping[str, Any]) -> None:
     """Replaces `<workdir>/state.json` atomically (`write_json_atomic`)."""
     write_json_atomic(os.path.join(workdir, STATE_FILE), state)
+
+
+def is_finished(workdir: str) -> bool:
+    """Whether `workdir` holds a search that completed all its rounds."""
+    try:
+        with open(os.path.join(workdir, SEARCH_CONFIG_FILE),
+                  encoding='utf-8') as f:
+            num_rounds = json.load(f)['num_rounds']
+        state = read_state(workdir) or {}
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return state.get('completed_rounds', 0) >= num_rounds
 
 
 def read_state(workdir: str) -> dict[str, Any] | None:

@@ -65,9 +65,14 @@ SEARCH = ['--gin_file=gin/mnist1d/quick.gin', *TINY, '--gin_bindings=ROUNDS = 2'
 
 
 def test_main_runs_a_search_and_records_it(tmp_path):
-    workdir = tmp_path / 'run'
-    out = run('evoprompting.main', *SEARCH, f'--workdir={workdir}', cwd=tmp_path)
+    workdir, copy = tmp_path / 'run', tmp_path / 'mirror'
+    out = run('evoprompting.main', *SEARCH, f'--workdir={workdir}',
+              f'--mirror_to={copy}', cwd=tmp_path)
     assert out.returncode == 0, out.stderr
+    # The mirror holds the finished run.
+    for name in ('candidates.jsonl', 'state.json', 'config.gin',
+                 'best_program.py'):
+        assert (copy / name).read_bytes() == (workdir / name).read_bytes()
     config = (workdir / 'config.gin').read_text()
     assert 'num_steps = 16' in config and 'ROUNDS = 2' in config
     metadata = json.loads((workdir / 'run_metadata.json').read_text())
@@ -127,6 +132,8 @@ def test_main_runs_a_search_and_records_it(tmp_path):
      'did you mean ROUNDS?'),
     (['--gin_file=gin/mnist1d/quick.gin', '--workdir=README.md'],
      'is not a folder'),
+    (['--gin_file=gin/mnist1d/quick.gin', '--mirror_to=s3://b/run'],
+     '--mirror_to: \'s3://b/run\': only gs:// URLs'),
 ])
 def test_main_bad_usage_fails_clearly(tmp_path, args, words):
     if not any(a.startswith('--workdir') for a in args) and words != '--workdir':

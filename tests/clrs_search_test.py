@@ -148,7 +148,7 @@ def test_search_scores_and_reports_with_the_tasks_objectives(tmp_path, task):
     workdir = str(tmp_path)
     config = search.SearchConfig(num_rounds=1)
     search._check_search_config(workdir, config, task, False)  # pylint: disable=protected-access
-    with open(os.path.join(workdir, search.SEARCH_CONFIG_FILE)) as f:
+    with open(os.path.join(workdir, store.SEARCH_CONFIG_FILE)) as f:
         written = json.load(f)
     assert written['objectives'] == ['val_score', 'test_score']
     with store.CandidateStore.open(workdir) as s:
@@ -157,7 +157,7 @@ def test_search_scores_and_reports_with_the_tasks_objectives(tmp_path, task):
     assert report.load_run(workdir).objectives == keys
     del written['objectives']
     written['task'] = 'mnist1d'
-    with open(os.path.join(workdir, search.SEARCH_CONFIG_FILE), 'w') as f:
+    with open(os.path.join(workdir, store.SEARCH_CONFIG_FILE), 'w') as f:
         json.dump(written, f)
     assert report.load_run(workdir).objectives == ('val_accuracy',
                                                   'test_accuracy')

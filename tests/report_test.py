@@ -22,7 +22,7 @@ def write_search(workdir, *, method, seed, rounds=3, children=16, gain=1.0,
     failures and duplicates, parents drawn from the best so far."""
     rng = np.random.default_rng(seed)
     os.makedirs(workdir)
-    with open(os.path.join(workdir, report.SEARCH_CONFIG_FILE), 'w') as f:
+    with open(os.path.join(workdir, store.SEARCH_CONFIG_FILE), 'w') as f:
         json.dump({'method': method, 'task': 'mnist1d', 'alpha': 0.5,
                    'hypervolume_reference': [1.0, 7.0], 'num_rounds': rounds}, f)
     seeds = [(5210, 0.88), (60_000, 0.80), (41_000, 0.70), (100_000, 0.60)]
@@ -138,7 +138,7 @@ def test_bad_workdirs_fail_clearly(tmp_path, setup, words):
         config = {'method': 'evoprompting'} if setup == 'bad_config' else {
             'method': 'evoprompting', 'task': 'mnist1d', 'alpha': 0.5,
             'hypervolume_reference': [1.0, 7.0], 'num_rounds': 2}
-        (workdir / report.SEARCH_CONFIG_FILE).write_text(json.dumps(config))
+        (workdir / store.SEARCH_CONFIG_FILE).write_text(json.dumps(config))
     if setup == 'empty_log':
         (workdir / store.CANDIDATES_FILE).write_text('')
     with pytest.raises(report.ReportError, match=words):
@@ -179,7 +179,7 @@ def test_binary_usage_errors(tmp_path):
     assert proc.returncode != 0 and 'does not exist' in proc.stderr
     write_search(str(tmp_path / 'a'), method='evoprompting', seed=0, rounds=1)
     write_search(str(tmp_path / 'b'), method='evoprompting', seed=1, rounds=1)
-    config = tmp_path / 'b' / report.SEARCH_CONFIG_FILE
+    config = tmp_path / 'b' / store.SEARCH_CONFIG_FILE
     config.write_text(config.read_text().replace('mnist1d', 'clrs'))
     proc = run_report(f'--out={tmp_path / "out"}', str(tmp_path / 'a'),
                       str(tmp_path / 'b'))

@@ -62,8 +62,13 @@ def read_log(workdir):
 
 def test_search_records_everything_and_resumes_without_redoing(
         tmp_path, task, worker_config, lm):
-    run(tmp_path, task, worker_config, lm)
+    # What the workdir holds each time the search says it wrote to it.
+    written = []
+    run(tmp_path, task, worker_config, lm,
+        on_change=lambda: written.append(len(read_log(tmp_path))))
     log = read_log(tmp_path)
+    # Called after every recorded candidate (a mirror copies each).
+    assert set(range(1, len(log) + 1)) <= set(written)
     seeds = [c for c in log if c.round == search.SEED_ROUND]
     assert [c.proposal for c in seeds] == [0, 1, 2, 3]
     assert all(c.result.ok for c in seeds)

@@ -1,0 +1,87 @@
+"""evoprompting.mirror: the workdir's copy kept up to date during a run."""
+
+import os
+import stat
+import time
+
+import pytest
+
+from evoprompting import mirror
+
+
+def _files(folder):
+    return {os.path.relpath(os.path.join(d, f), folder):
+            open(os.path.join(d, f), 'rb').read()
+            for d, _, names in os.walk(folder) for f in names}
+
+
+def test_copy_tree_copies_what_changed_and_nothing_else(tmp_path):
+    src, dst = tmp_path / 'work', tmp_path / 'copy'
+    (src / 'rounds').mkdir(parents=True)
+    (src / 'candidates.jsonl').write_text('{"id": 0}\n')
+    (src / 'rounds' / 'round_0.json').write_text('[]')
+    assert mirror.copy_tree(str(src), str(dst)) == 2
+    assert _files(dst) == _files(src)
+    assert mirror.copy_tree(str(src), str(dst)) == 0  # Nothing changed.
+    with open(src / 'candidates.jsonl', 'a') as f:
+        f.write('{"id": 1}\n')
+    assert mirror.copy_tree(str(src), str(dst)) == 1
+    assert _files(dst) == _files(src)
+    assert not any(n.endswith('.mirror-tmp') for n in _files(dst))
+
+
+def test_requests_coalesce_and_close_copies_the_last_state(tmp_path):
+    src, dst = tmp_path / 'work', tmp_path / 'copy'
+    src.mkdir()
+    with mirror.Mirror(str(src), str(dst)) as copy:
+        for i in range(50):
+            (src / 'candidates.jsonl').write_text(f'{i}\n')
+            copy.request()
+    # At most one copy per request and the last one, and the final state
+    # is there.
+    assert 1 <= copy.copies <= 51
+    assert (dst / 'candidates.jsonl').read_text() == '49\n'
+
+
+def _fake_gcloud(tmp_path, exit_code):
+    """A stand-in for Google's CLI (no network here): logs its arguments."""
+    bin_dir = tmp_path / 'bin'
+    bin_dir.mkdir()
+    script = bin_dir / 'gcloud'
+    script.write_text('#!/bin/sh\necho "$@" >> "%s"\n'
+                      'echo "denied: no such bucket" >&2\nexit %d\n'
+                      % (tmp_path / 'gcloud.log', exit_code))
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    return bin_dir
+
+
+@pytest.mark.parametrize('exit_code', [0, 1])
+def test_gcs_destination_runs_gcloud_rsync_and_survives_failures(
+        tmp_path, monkeypatch, caplog, exit_code):
+    bin_dir = _fake_gcloud(tmp_path, exit_code)
+    monkeypatch.setenv('PATH', f'{bin_dir}{os.pathsep}{os.environ["PATH"]}')
+    src = tmp_path / 'work'
+    src.mkdir()
+    with mirror.Mirror(str(src), 'gs://bucket/run') as copy:
+        copy.request()
+        time.sleep(0.5)
+    calls = (tmp_path / 'gcloud.log').read_text().splitlines()
+    assert calls and set(calls) == {f'storage rsync --recursive {src} '
+                                    'gs://bucket/run'}
+    assert copy.copies == (len(calls) if exit_code == 0 else 0)
+    if exit_code:  # Logged, never raised: the search goes on.
+        assert 'no such bucket' in caplog.text
+
+
+@pytest.mark.parametrize('dest, words', [
+    ('gs://', 'names no bucket'),
+    ('s3://bucket/run', 'only gs:// URLs'),
+    ('{work}', 'must not contain one another'),
+    ('{work}/mirror', 'must not contain one another'),
+    ('{parent}', 'must not contain one another'),
+])
+def test_bad_destinations_are_refused(tmp_path, dest, words):
+    work = tmp_path / 'work'
+    dest = dest.format(work=work, parent=tmp_path)
+    with pytest.raises(ValueError, match=words):
+        mirror.check_destination(dest, str(work))
