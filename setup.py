@@ -12,7 +12,8 @@ setuptools.setup(
     python_requires='>=3.11',
     packages=setuptools.find_packages(
         include=['evoprompting', 'evoprompting.*', 'lm', 'lm.*',
-                 'clrs_tasks', 'clrs_tasks.*', 'seeds', 'seeds.*']),
+                 'clrs_tasks', 'clrs_tasks.*', 'seeds', 'seeds.*',
+                 'launch', 'launch.*']),
     # Seed programs are data read with importlib.resources.
     # The embedded default LM (lm/README.md) ships inside the package.
     package_data={'seeds': ['*/*.py', '*/*/*.py'], 'lm': ['default/*']},

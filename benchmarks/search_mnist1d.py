@@ -5,14 +5,15 @@ r"""EvoPrompting against its baselines and ablations on MNIST-1D (issue 5, secti
       [--workdir_root=DIR] [--gin_file=MORE.gin ...] [--gin_bindings=...]
       [--table_out=FILE] [--dry_run]
 
-Every method runs once per search seed, each run a subprocess
+Every method runs once per search seed, as the runs of a sweep
+(`launch.sweep.run_all`), each a subprocess
 
   python -m evoprompting.main --gin_file=BUDGET [--gin_file=gin/search/M.gin]
       --gin_file=gin/mnist1d/standard_data.gin [--gin_file=MORE.gin ...] \
       [--gin_bindings=...] \
       --gin_bindings='SEARCH_SEED = S' --workdir=DIR/M/seed_S
 
-one at a time, its output appended to DIR/M/seed_S/benchmark.log. Methods:
+one at a time, its output appended to DIR/M/seed_S/sweep.log. Methods:
 `evoprompting` (the budget file's default method) and the method files
 gin/search/{no_prompt_tuning, random_parents, naive_few_shot,
 regularized_evolution, random_search}.gin. Every run uses the published
@@ -21,9 +22,11 @@ any machine; a search's default is a private draw. Every one spends the budget f
 sample budget (ROUNDS x CHILDREN_PER_ROUND children); the table shows the
 children each run sampled, so a mismatch is visible.
 
-Resumable: a run whose workdir records every round complete, started by the
-same command, is skipped; any other is (re)started with the same command, and
-`evoprompting.main` resumes it, or refuses a workdir of another configuration.
+Resumable as a sweep is: a run whose workdir records every round complete,
+started by the same command, is skipped; any other is (re)started with the
+same command, and `evoprompting.main` resumes it, or refuses a workdir of
+another configuration. Every run's configuration is checked before any
+starts.
 
 Then, from the workdirs (`evoprompting.report.load_run`, the round statistics
 of `evoprompting.summaries`), it prints per method the mean +- std over seeds
@@ -45,7 +48,6 @@ import shlex
 import subprocess
 import sys
 import tempfile
-import time
 from typing import Sequence
 
 import numpy as np
@@ -54,7 +56,8 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
-from evoprompting import report, search, store, summaries  # pylint: disable=g-import-not-at-top,wrong-import-position
+from evoprompting import report, summaries  # pylint: disable=g-import-not-at-top,wrong-import-position
+from launch import sweep  # pylint: disable=g-import-not-at-top,wrong-import-position
 import machine  # pylint: disable=g-import-not-at-top,wrong-import-position
 import seeds  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -70,8 +73,6 @@ METHODS = {
 REFERENCE_SEED = 'greydanus_cnn'
 # The published dataset, not this machine's private draw: same on any machine.
 STANDARD_DATA = 'gin/mnist1d/standard_data.gin'
-COMMAND_FILE = 'benchmark_command.json'
-LOG_FILE = 'benchmark.log'
 
 
 
@@ -114,54 +115,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def command(args: argparse.Namespace, method: str, seed: int,
-            workdir: str) -> list[str]:
-    """The `evoprompting.main` command of one run."""
-    files = [args.budget_gin, *METHODS[method], STANDARD_DATA, *args.gin_file]
-    return [sys.executable, '-m', 'evoprompting.main',
-            *(f'--gin_file={f}' for f in files),
-            *(f'--gin_bindings={b}' for b in args.gin_bindings),
-            f'--gin_bindings=SEARCH_SEED = {seed}', f'--workdir={workdir}']
-
-
-def is_complete(workdir: str, argv: Sequence[str]) -> bool:
-    """Whether `workdir` holds a finished run started by `argv`."""
-    try:
-        with open(os.path.join(workdir, COMMAND_FILE), encoding='utf-8') as f:
-            if json.load(f) != list(argv[1:]):
-                return False
-        with open(os.path.join(workdir, search.SEARCH_CONFIG_FILE),
-                  encoding='utf-8') as f:
-            num_rounds = json.load(f)['num_rounds']
-    except (OSError, ValueError, KeyError):
-        return False
-    state = store.read_state(workdir) or {}
-    return state.get('completed_rounds', 0) >= num_rounds
-
-
-def run_one(argv: Sequence[str], method: str, seed: int, workdir: str) -> bool:
-    """Runs (or resumes, or skips) the search `argv`; whether it completed."""
-    if is_complete(workdir, argv):
-        print(f'{method} seed {seed}: complete, skipped', flush=True)
-        return True
-    os.makedirs(workdir, exist_ok=True)
-    print(f'{method} seed {seed}: running, log {os.path.join(workdir, LOG_FILE)}',
-          flush=True)
-    start = time.monotonic()
-    with open(os.path.join(workdir, LOG_FILE), 'a', encoding='utf-8') as log:
-        log.write(f'\n$ {shlex.join(argv)}\n')
-        log.flush()
-        code = subprocess.run(list(argv), cwd=REPO_ROOT, stdout=log,
-                              stderr=subprocess.STDOUT, check=False).returncode
-    minutes = (time.monotonic() - start) / 60
-    if code != 0:
-        print(f'{method} seed {seed}: FAILED (exit {code}) after {minutes:.1f} '
-              f'min; see the log', flush=True)
-        return False
-    with open(os.path.join(workdir, COMMAND_FILE), 'w', encoding='utf-8') as f:
-        json.dump(argv[1:], f, indent=1)
-    print(f'{method} seed {seed}: done in {minutes:.1f} min', flush=True)
-    return True
+def plan(args: argparse.Namespace, root: str) -> list[sweep.Run]:
+    """One `launch.sweep` run per method and seed, in ROOT/<method>/seed_<s>."""
+    return [sweep.Run(
+        name=os.path.join(m, f'seed_{s}'),
+        gin_files=(args.budget_gin, *METHODS[m], STANDARD_DATA, *args.gin_file),
+        bindings=(*args.gin_bindings, f'SEARCH_SEED = {s}'),
+        varied=(('method', m), ('SEARCH_SEED', str(s))))
+        for m in args.methods for s in args.seeds]
 
 
 def dominates_reference(run: report.Run, reference_source: str) -> bool | None:
@@ -252,21 +213,23 @@ def summary_line(groups: dict[str, list[report.Run]], budget_gin: str,
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     root = os.path.abspath(args.workdir_root)
-    plan = [(m, s, os.path.join(root, m, f'seed_{s}'))
-            for m in args.methods for s in args.seeds]
+    runs = plan(args, root)
+    try:
+        sweep.check(runs)
+    except sweep.SweepError as e:
+        sys.exit(f'error: {e}')
     if args.dry_run:
-        for m, s, workdir in plan:
-            print(shlex.join(command(args, m, s, workdir)))
+        for r in runs:
+            print(shlex.join(r.command(os.path.join(root, r.name))))
         return
 
-    failed = [(m, s) for m, s, workdir in plan
-              if not run_one(command(args, m, s, workdir), m, s, workdir)]
-    done = [workdir for m, s, workdir in plan if (m, s) not in failed]
+    failed = sweep.run_all(runs, root)
+    done = [os.path.join(root, r.name) for r in runs if r not in failed]
     if not done:
-        sys.exit('every run failed; see their benchmark.log')
-    runs = [report.load_run(w) for w in done]
+        sys.exit(f'every run failed; see their {sweep.LOG_FILE}')
+    loaded = [report.load_run(w) for w in done]
     groups: dict[str, list[report.Run]] = {}
-    for run in runs:
+    for run in loaded:
         groups.setdefault(run.method, []).append(run)
     reference_source = dict(seeds.read_seeds('mnist1d'))[REFERENCE_SEED]
 
@@ -277,14 +240,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     print()
     print('\n'.join(table(groups, reference_source)))
     print(f'\nHypervolume: of the final Pareto front of (test error, log10 '
-          f'params), reference {list(runs[0].reference)}; best fitness: '
+          f'params), reference {list(loaded[0].reference)}; best fitness: '
           '-(params x val error); mean ± std over seeds.')
     if made.returncode == 0:
         print(f'Report: {os.path.join(out, report.REPORT_FILE)}')
     else:
         print(f'The report failed: {made.stderr.strip()[-2000:]}')
-    for m, s in failed:
-        print(f'FAILED: {m} seed {s}')
+    for r in failed:
+        print(f'FAILED: {r.name}')
     if args.table_out:
         argv_shown = [a for a in (argv if argv is not None else sys.argv[1:])
                       if not a.startswith('--table_out')]

@@ -1,0 +1,357 @@
+r"""Sweeps: one search per point of a grid of gin bindings, and their table.
+
+  python -m launch.sweep --gin_file=gin/mnist1d/quick.gin \
+      --grid='search.SearchConfig.alpha=[0.3, 0.5]' \
+      --grid='SEARCH_SEED=[0, 1, 2]' [--zip] [--gin_bindings=B ...] \
+      --root=DIR [--parallel=N] [--report] [--dry_run]
+
+Each `--grid='BINDING=[V1, V2, ...]'` names a gin binding (a parameter
+`configurable.name` or a macro `NAME`) and its values, written as in a gin
+file (numbers, 'strings', @references, %MACROS, lists). The runs are the
+product of the grids (or, with --zip, their values taken side by side: every
+grid the same length). Each run is
+
+  python -m evoprompting.main --gin_file=... [--gin_bindings=B ...] \
+      --gin_bindings='BINDING = V' ... --workdir=DIR/<name>
+
+with <name> made from its grid bindings (`alpha_0.3-SEARCH_SEED_1`), its
+output appended to DIR/<name>/sweep.log. Every run's configuration is parsed
+before any run starts: a malformed grid, an unknown parameter or a macro
+nothing reads stops the sweep before it trains anything.
+
+Resumable: a run whose workdir holds a finished search started by the same
+command is skipped; any other is started, and `evoprompting.main` resumes
+what it had recorded (or refuses a workdir of another configuration). With
+--parallel=N, N runs at once (each with its own sandbox workers: size the
+device plan so N fit the machine).
+
+At the end, DIR/sweep.md holds a table of every run: its grid bindings, final
+hypervolume, best fitness, share of ok children (duplicates excluded) and wall
+time, read from the stores; --report also writes `evoprompting.report`'s
+report of all runs to DIR/report. Exits non-zero when a run failed.
+
+Other tools build their runs with `Run` and call `run_all` (see
+benchmarks/search_mnist1d.py).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import hashlib
+import itertools
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from typing import Callable, Sequence
+
+from absl import app, flags
+
+from evoprompting import gin_utils, report, store
+
+RUN_FILE = 'sweep_run.json'  # The command of the run and its wall time.
+LOG_FILE = 'sweep.log'
+TABLE_FILE = 'sweep.md'
+
+_GRID = re.compile(r'^\s*([A-Za-z_][\w.]*(?:/[\w.]+)?)\s*=\s*\[(.*)\]\s*$',
+                   re.DOTALL)
+
+
+class SweepError(ValueError):
+    """A sweep that cannot start; the message says what to fix."""
+
+
+def parse_grid(text: str) -> tuple[str, tuple[str, ...]]:
+    """'KEY=[V1, V2]' -> ('KEY', ('V1', 'V2')). Values are split at top-level
+    commas (not inside brackets, parentheses or quotes) and kept as gin
+    text; gin parses them when the runs are checked."""
+    match = _GRID.match(text)
+    if not match:
+        raise SweepError(f'--grid={text!r}: expected BINDING=[V1, V2, ...], '
+                         "e.g. --grid='search.SearchConfig.alpha=[0.3, 0.5]'")
+    key, body = match.groups()
+    values, depth, quote, current = [], 0, '', ''
+    for ch in body:
+        if quote:
+            quote = '' if ch == quote else quote
+        elif ch in '\'"':
+            quote = ch
+        elif ch in '([{':
+            depth += 1
+        elif ch in ')]}':
+            depth -= 1
+        elif ch == ',' and depth == 0:
+            values.append(current.strip())
+            current = ''
+            continue
+        current += ch
+    if current.strip():
+        values.append(current.strip())
+    if quote or depth:
+        raise SweepError(f'--grid={text!r}: unbalanced quotes or brackets')
+    if not values or not all(values):
+        raise SweepError(f'--grid={text!r}: give at least one value, and no '
+                         'empty ones')
+    if len(set(values)) != len(values):
+        raise SweepError(f'--grid={text!r}: a value is repeated')
+    return key, tuple(values)
+
+
+def expand(grids: Sequence[tuple[str, Sequence[str]]], zip_grids: bool = False
+           ) -> list[tuple[tuple[str, str], ...]]:
+    """The runs' grid bindings: ((key, value), ...) per run, in order (the
+    last grid varies fastest)."""
+    keys = [key for key, _ in grids]
+    if len(set(keys)) != len(keys):
+        raise SweepError(f'a binding has two grids: {keys}')
+    if zip_grids:
+        lengths = {len(values) for _, values in grids}
+        if len(lengths) > 1:
+            raise SweepError('--zip needs grids of one length, got '
+                             + ', '.join(f'{k}: {len(v)}' for k, v in grids))
+        points = zip(*(values for _, values in grids))
+    else:
+        points = itertools.product(*(values for _, values in grids))
+    return [tuple(zip(keys, point)) for point in points]
+
+
+def _short_key(key: str, keys: Sequence[str]) -> str:
+    """The binding's last name, unless another grid's last name is the same."""
+    last = key.rsplit('.', 1)[-1].rsplit('/', 1)[-1]
+    others = [k.rsplit('.', 1)[-1].rsplit('/', 1)[-1] for k in keys if k != key]
+    return key if last in others else last
+
+
+def run_name(assignment: Sequence[tuple[str, str]]) -> str:
+    """A folder name from grid bindings: 'alpha_0.3-SEARCH_SEED_1'. Characters
+    unsafe in a file name become '_'; a long name is cut and made unique with
+    a hash of the bindings."""
+    keys = [k for k, _ in assignment]
+    name = '-'.join(f'{_short_key(k, keys)}_{v}' for k, v in assignment)
+    name = re.sub(r'[^A-Za-z0-9._=+-]+', '_', name)
+    name = re.sub(r'_{2,}', '_', name).strip('._') or 'run'
+    if len(name) > 100:
+        digest = hashlib.sha256(repr(assignment).encode()).hexdigest()[:10]
+        name = f'{name[:89]}-{digest}'
+    return name
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One search of a sweep.
+
+    Attributes:
+      name: its folder under the sweep's root (may contain '/').
+      gin_files: the gin files, in order.
+      bindings: every gin binding, in order (the sweep's, then the run's).
+      varied: the bindings that tell this run apart, for the table.
+    """
+
+    name: str
+    gin_files: tuple[str, ...]
+    bindings: tuple[str, ...]
+    varied: tuple[tuple[str, str], ...] = ()
+
+    def command(self, workdir: str) -> list[str]:
+        """The `evoprompting.main` command of this run."""
+        return [sys.executable, '-m', 'evoprompting.main',
+                *(f'--gin_file={f}' for f in self.gin_files),
+                *(f'--gin_bindings={b}' for b in self.bindings),
+                f'--workdir={workdir}']
+
+
+def plan(gin_files: Sequence[str], bindings: Sequence[str],
+         grids: Sequence[str], zip_grids: bool = False) -> list[Run]:
+    """The runs of a sweep, from the command line's flags."""
+    assignments = expand([parse_grid(g) for g in grids], zip_grids)
+    runs = [Run(run_name(a), tuple(gin_files),
+                (*bindings, *(f'{k} = {v}' for k, v in a)), a)
+            for a in assignments]
+    names = [r.name for r in runs]
+    if len(set(names)) != len(names):  # Values that differ only in odd
+        runs = [dataclasses.replace(  # characters: tell them apart.
+            r, name=f'{r.name}-{hashlib.sha256(repr(r.varied).encode()).hexdigest()[:6]}')
+            for r in runs]
+    return runs
+
+
+def check(runs: Sequence[Run]) -> None:
+    """Parses every run's gin configuration (as `evoprompting.main` does),
+    without running anything.
+
+    Raises:
+      SweepError: naming the run and what gin could not use.
+    """
+    for run in runs:
+        try:
+            gin_utils.parse(run.gin_files, run.bindings)
+        except gin_utils.GinConfigError as e:
+            raise SweepError(f'run {run.name}: {e}') from None
+
+
+def is_finished(workdir: str, argv: Sequence[str]) -> bool:
+    """Whether `workdir` holds a finished search started by `argv`."""
+    try:
+        with open(os.path.join(workdir, RUN_FILE), encoding='utf-8') as f:
+            if json.load(f)['argv'] != list(argv[1:]):
+                return False
+    except (OSError, ValueError, KeyError):
+        return False
+    return store.is_finished(workdir)
+
+
+def _record(workdir: str, argv: Sequence[str], seconds: float) -> None:
+    """Adds `seconds` to the run's wall time, under its command."""
+    path = os.path.join(workdir, RUN_FILE)
+    try:
+        with open(path, encoding='utf-8') as f:
+            previous = json.load(f)
+        wall_s = previous['wall_s'] if previous['argv'] == list(argv[1:]) else 0
+    except (OSError, ValueError, KeyError):
+        wall_s = 0
+    store.write_json_atomic(path, {'argv': list(argv[1:]),
+                                   'wall_s': wall_s + seconds})
+
+
+def run_one(run: Run, root: str, say: Callable[[str], None] = print) -> bool:
+    """Runs, resumes or skips one run; whether it finished."""
+    workdir = os.path.join(root, run.name)
+    argv = run.command(workdir)
+    if is_finished(workdir, argv):
+        say(f'{run.name}: finished, skipped')
+        return True
+    os.makedirs(workdir, exist_ok=True)
+    log_path = os.path.join(workdir, LOG_FILE)
+    say(f'{run.name}: running, log {log_path}')
+    start = time.monotonic()
+    with open(log_path, 'a', encoding='utf-8') as log:
+        log.write(f'\n$ {shlex.join(argv)}\n')
+        log.flush()
+        code = subprocess.run(argv, cwd=gin_utils.REPO_ROOT, stdout=log,
+                              stderr=subprocess.STDOUT, check=False).returncode
+    seconds = time.monotonic() - start
+    _record(workdir, argv, seconds)
+    if code != 0:
+        say(f'{run.name}: FAILED (exit {code}) after {seconds / 60:.1f} min; '
+            f'see {log_path}')
+        return False
+    say(f'{run.name}: done in {seconds / 60:.1f} min')
+    return True
+
+
+def run_all(runs: Sequence[Run], root: str, parallel: int = 1,
+            say: Callable[[str], None] = print) -> list[Run]:
+    """Runs every run (`parallel` at once); returns those that failed."""
+    lock = threading.Lock()
+
+    def locked_say(text: str) -> None:
+        with lock:
+            say(text)
+
+    with concurrent.futures.ThreadPoolExecutor(parallel) as pool:
+        finished = list(pool.map(lambda r: run_one(r, root, locked_say), runs))
+    return [r for r, ok in zip(runs, finished) if not ok]
+
+
+def table(runs: Sequence[Run], root: str) -> list[str]:
+    """The markdown table of DIR/sweep.md: one row per run, from its store."""
+    keys = list(dict.fromkeys(k for r in runs for k, _ in r.varied))
+    lines = ['| run | ' + ' | '.join(f'`{k}`' for k in keys)
+             + ' | rounds | final hypervolume | best fitness | children ok '
+             '| wall time |',
+             '|---|' + '---|' * len(keys) + '---:|---:|---:|---:|---:|']
+    for r in runs:
+        workdir = os.path.join(root, r.name)
+        values = dict(r.varied)
+        cells = [values.get(k, '') for k in keys]
+        try:
+            loaded = report.load_run(workdir)
+        except report.ReportError:
+            lines.append(f'| {r.name} | ' + ' | '.join(cells)
+                         + ' | not started | | | | |')
+            continue
+        final = loaded.stats[-1]
+        children = loaded.children
+        ok = sum(c.result.ok and c.duplicate_of is None for c in children)
+        try:
+            with open(os.path.join(workdir, RUN_FILE), encoding='utf-8') as f:
+                wall = f'{json.load(f)["wall_s"] / 60:.1f} min'
+        except (OSError, ValueError, KeyError):
+            wall = '?'
+        best = ('n/a' if final.best_fitness is None
+                else f'{final.best_fitness:,.1f}')
+        lines.append(
+            f'| {r.name} | ' + ' | '.join(cells)
+            + f' | {loaded.completed_rounds}/{loaded.num_rounds} '
+            f'| {final.hypervolume_test:.3f} | {best} '
+            f'| {ok}/{len(children)} | {wall} |')
+    return lines
+
+
+FLAGS = flags.FLAGS
+flags.DEFINE_multi_string('gin_file', None, 'Gin files of every run, in '
+                          'order (e.g. gin/mnist1d/quick.gin).')
+flags.DEFINE_multi_string('gin_bindings', [], 'Gin bindings of every run, '
+                          'before the grid\'s.')
+flags.DEFINE_multi_string('grid', [], "A binding and its values: "
+                          "--grid='search.SearchConfig.alpha=[0.3, 0.5]'. "
+                          'Repeatable: the runs are the product of the grids.')
+flags.DEFINE_bool('zip', False, 'Take the grids\' values side by side '
+                  '(every grid the same length) instead of their product.')
+flags.DEFINE_string('root', None, 'Folder of the runs (DIR/<name>) and of '
+                    'DIR/sweep.md.')
+flags.DEFINE_integer('parallel', 1, 'Runs at once.', lower_bound=1)
+flags.DEFINE_bool('report', False, 'Also write evoprompting.report\'s report '
+                  'of every run to DIR/report.')
+flags.DEFINE_bool('dry_run', False, 'Check the runs\' configurations, print '
+                  'their commands, and run nothing.')
+flags.mark_flags_as_required(['gin_file', 'root'])
+
+
+def main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+    if not FLAGS.grid:
+        raise app.UsageError('give at least one --grid')
+    root = os.path.abspath(FLAGS.root)
+    try:
+        runs = plan(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.grid, FLAGS.zip)
+        check(runs)
+    except SweepError as e:
+        sys.exit(f'error: {e}')
+    if FLAGS.dry_run:
+        for r in runs:
+            print(shlex.join(r.command(os.path.join(root, r.name))))
+        return
+    print(f'{len(runs)} runs in {root}, {FLAGS.parallel} at a time', flush=True)
+    failed = run_all(runs, root, FLAGS.parallel,
+                     say=lambda text: print(text, flush=True))
+    lines = table(runs, root)
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, TABLE_FILE), 'w', encoding='utf-8') as f:
+        f.write(f'Sweep `{shlex.join(sys.argv[1:])}`\n\n' + '\n'.join(lines)
+                + '\n')
+    print('\n'.join(lines))
+    print(f'Table: {os.path.join(root, TABLE_FILE)}')
+    started = [os.path.join(root, r.name) for r in runs
+               if os.path.isfile(os.path.join(root, r.name,
+                                              store.SEARCH_CONFIG_FILE))]
+    made = 0
+    if FLAGS.report and started:
+        made = subprocess.run(
+            [sys.executable, '-m', 'evoprompting.report',
+             f'--out={os.path.join(root, "report")}', *started],
+            cwd=gin_utils.REPO_ROOT, check=False).returncode
+    if failed or made:
+        sys.exit(f'{len(failed)} of {len(runs)} runs failed: '
+                 + ', '.join(r.name for r in failed) if failed
+                 else 'the report failed')
+
+
+if __name__ == '__main__':
+    app.run(main)

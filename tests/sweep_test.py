@@ -1,0 +1,139 @@
+"""launch.sweep: gin-binding grids expanded into searches, run, resumed and
+tabled."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from evoprompting import gin_utils, store
+from launch import sweep
+
+
+@pytest.mark.parametrize('text, expected', [
+    ('search.SearchConfig.alpha=[0.3, 0.5]',
+     ('search.SearchConfig.alpha', ('0.3', '0.5'))),
+    ("  NAME = ['a, b', \"c]\"]", ('NAME', ("'a, b'", '"c]"'))),
+    ('x.y=[(1, 2), [3, 4], {"k": 5}]', ('x.y', ('(1, 2)', '[3, 4]',
+                                                '{"k": 5}'))),
+    ('scope/fn.param=[@a.b(), %MACRO]', ('scope/fn.param',
+                                         ('@a.b()', '%MACRO'))),
+    ('SEARCH_SEED=[7]', ('SEARCH_SEED', ('7',))),
+])
+def test_parse_grid(text, expected):
+    assert sweep.parse_grid(text) == expected
+
+
+@pytest.mark.parametrize('text, words', [
+    ('alpha=0.3', 'expected BINDING=[V1, V2, ...]'),
+    ('=[1]', 'expected BINDING'),
+    ('a b=[1]', 'expected BINDING'),
+    ('alpha=[]', 'at least one value'),
+    ('alpha=[1,,2]', 'no empty ones'),
+    ("alpha=['x, 1]", 'unbalanced'),
+    ('alpha=[(1, 2]', 'unbalanced'),
+    ('alpha=[1, 1]', 'repeated'),
+])
+def test_malformed_grids_are_refused(text, words):
+    with pytest.raises(sweep.SweepError) as info:
+        sweep.parse_grid(text)
+    assert words in str(info.value)
+
+
+def test_product_zip_and_names():
+    grids = [('search.SearchConfig.alpha', ('0.3', '0.5')),
+             ('SEARCH_SEED', ('0', '1'))]
+    runs = sweep.plan(['gin/mnist1d/quick.gin'], ['ROUNDS = 1'],
+                      ["search.SearchConfig.alpha=[0.3, 0.5]",
+                       'SEARCH_SEED=[0, 1]'])
+    assert [r.name for r in runs] == [
+        'alpha_0.3-SEARCH_SEED_0', 'alpha_0.3-SEARCH_SEED_1',
+        'alpha_0.5-SEARCH_SEED_0', 'alpha_0.5-SEARCH_SEED_1']
+    assert runs[1].bindings == ('ROUNDS = 1', 'search.SearchConfig.alpha = 0.3',
+                                'SEARCH_SEED = 1')
+    assert runs[1].command('/w')[-3:] == [
+        '--gin_bindings=search.SearchConfig.alpha = 0.3',
+        '--gin_bindings=SEARCH_SEED = 1', '--workdir=/w']
+    assert sweep.expand(grids, zip_grids=True) == [
+        (('search.SearchConfig.alpha', '0.3'), ('SEARCH_SEED', '0')),
+        (('search.SearchConfig.alpha', '0.5'), ('SEARCH_SEED', '1'))]
+    with pytest.raises(sweep.SweepError, match='one length'):
+        sweep.expand([grids[0], ('SEARCH_SEED', ('0',))], zip_grids=True)
+    with pytest.raises(sweep.SweepError, match='two grids'):
+        sweep.expand([grids[0], grids[0]])
+    # Same last name in two grids: the full names tell them apart.
+    assert sweep.run_name((('a.TrainConfig.lr', '1'),
+                           ('b.TrainConfig.lr', '2'))) == (
+        'a.TrainConfig.lr_1-b.TrainConfig.lr_2')
+    # Characters unsafe in a path; long names cut, kept unique.
+    assert sweep.run_name((('X', "'a/b c'"),)) == "X_a_b_c"
+    long = [sweep.run_name((('X', f"'{'v' * 200}{i}'"),)) for i in (1, 2)]
+    assert len(set(long)) == 2 and all(len(n) <= 100 for n in long)
+    # Values that differ only in characters a name drops still get two folders.
+    twins = sweep.plan(['f.gin'], [], ["X=['a/b', 'a b']"])
+    assert len({r.name for r in twins}) == 2
+
+
+def _sweep(*args, cwd):
+    return subprocess.run([sys.executable, '-m', 'launch.sweep', *args],
+                          cwd=cwd, capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.parametrize('grid, words', [
+    ('search.SearchConfig.alphaa=[0.3, 0.5]', 'alphaa'),
+    ('ROUNDZ=[1, 2]', 'did you mean ROUNDS?'),
+    ('search.SearchConfig.alpha=0.3', 'expected BINDING=[V1, V2, ...]'),
+])
+def test_bad_grids_stop_the_sweep_before_any_run(tmp_path, grid, words):
+    out = _sweep('--gin_file=gin/mnist1d/quick.gin',
+                 '--gin_file=gin/lm/tiny_random.gin', f'--grid={grid}',
+                 f'--root={tmp_path / "sweep"}', cwd=tmp_path)
+    assert out.returncode != 0 and words in out.stderr, out.stderr
+    assert not (tmp_path / 'sweep').exists()
+
+
+def test_a_two_by_two_sweep_runs_resumes_and_tables(tmp_path):
+    seeds = tmp_path / 'my_seeds'
+    seeds.mkdir()
+    shutil.copy(os.path.join(gin_utils.REPO_ROOT, 'seeds', 'mnist1d', 'mlp.py'),
+                seeds)
+    root = tmp_path / 'sweep'
+    args = ['--gin_file=gin/mnist1d/quick.gin',
+            '--gin_file=gin/lm/tiny_random.gin',
+            # One seed, one round of two children, 16 training steps each.
+            f"--gin_bindings=mnist1d.Mnist1dTask.seeds_dir = '{seeds}'",
+            '--gin_bindings=ROUNDS = 1', '--gin_bindings=PROMPTS = 1',
+            '--gin_bindings=SAMPLES = 2',
+            '--gin_bindings=mnist1d.TrainConfig.num_steps = 16',
+            '--gin_bindings=mnist1d.TrainConfig.eval_every = 8',
+            '--grid=search.SearchConfig.alpha=[0.9, 0.95]',
+            '--grid=SEARCH_SEED=[0, 1]', f'--root={root}', '--parallel=2']
+    dry = _sweep(*args, '--dry_run', cwd=tmp_path)
+    assert dry.returncode == 0, dry.stderr
+    assert len(dry.stdout.splitlines()) == 4 and not root.exists()
+
+    out = _sweep(*args, '--report', cwd=tmp_path)
+    assert out.returncode == 0, out.stderr + out.stdout
+    names = ['alpha_0.9-SEARCH_SEED_0', 'alpha_0.9-SEARCH_SEED_1',
+             'alpha_0.95-SEARCH_SEED_0', 'alpha_0.95-SEARCH_SEED_1']
+    for name in names:
+        assert store.is_finished(str(root / name)), name
+        log = store.read_candidates(str(root / name))
+        assert len(log) == 3  # The seed and two children, each once.
+    table = (root / sweep.TABLE_FILE).read_text()
+    rows = [l for l in table.splitlines() if l.startswith('| alpha_')]
+    assert [r.split(' | ')[0][2:] for r in rows] == names
+    assert all(' | 1/1 | ' in r and ' min |' in r for r in rows)
+    assert '| 0.95 | 1 |' in rows[3]
+    assert (root / 'report' / 'report.md').exists()
+
+    # Again: every run is finished and skipped; one whose record is lost
+    # is started again, and the search it finds is complete.
+    os.remove(root / names[0] / sweep.RUN_FILE)
+    again = _sweep(*args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count('finished, skipped') == 3
+    assert f'{names[0]}: done' in again.stdout
+    assert len(store.read_candidates(str(root / names[0]))) == 3
