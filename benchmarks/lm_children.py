@@ -184,7 +184,8 @@ def main(argv):
              'temperatures pooled; rates of novel valid children (not a parent '
              'verbatim), gross rates (copies included) in brackets:', '',
              '| copy prior | valid | a parent verbatim (of valid) | '
-             'parent-conditioned (control) | within 2x |', '|---|---:|---:|---:|---:|']
+             'parent-conditioned | control (chance matches) | within 2x |',
+             '|---|---:|---:|---:|---:|---:|']
     for copy_weight, half_life in settings:
         name = (f'copy_weight={copy_weight:g}, copy_min_match='
                 f'{FLAGS.copy_min_match}, copy_half_life={half_life}')
@@ -243,7 +244,7 @@ def main(argv):
         table.append(
             f'| {prior} '
             f'| {pooled[0]:.0%} | {pooled[1]:.0%} '
-            f'| {pooled[2]:.0%} ({pooled[3]:.0%}) ({pooled[4]:.0%}) '
+            f'| {pooled[2]:.0%} ({pooled[3]:.0%}) | {pooled[4]:.0%} '
             f'| {pooled[5]:.0%} ({pooled[6]:.0%}) |')
         summary.append(f'copy {copy_weight:g} half-life {half_life}: valid '
                        f'{pooled[0]:.0%}, a parent verbatim {pooled[1]:.0%}; '
