@@ -83,6 +83,9 @@ class ClrsTask:
         # guards is the score, which the parent computes.
         return (self.data.cache_dir or default_cache_dir(),)
 
+    def host_files(self) -> dict[str, str]:
+        return {}  # Every dataset comes from fixed sampler seeds.
+
     def prepare(self) -> None:
         data_lib.load_splits(self.data)
 

@@ -33,7 +33,8 @@ from absl import app, flags, logging
 import gin
 import jax
 
-from evoprompting import devices, gin_utils, logs, mirror, search, store
+from evoprompting import devices, distributed, gin_utils, logs, mirror
+from evoprompting import search, store
 from evoprompting.sandbox import isolation
 from lm import partitioning
 
@@ -61,6 +62,21 @@ flags.DEFINE_string('mirror_to', '', 'Keep a copy of the workdir here, '
                     '(gcloud storage rsync) or a local folder. On a VM that '
                     'can be preempted, restore the workdir from it and rerun '
                     'to resume (launch/tpu_vm.py does).')
+flags.DEFINE_string('coordinator_address', '', 'host:port of process 0, for '
+                    'a search over several processes (hosts), as '
+                    'jax.distributed takes it.')
+flags.DEFINE_integer('num_processes', 1, 'Processes of the search, each '
+                     'started with the same command and its own '
+                     '--process_id; 0 = detect them (Cloud TPU VM pods). '
+                     'Process 0 owns the workdir and drives the search; the '
+                     'others evaluate their share of each round.',
+                     lower_bound=0)
+flags.DEFINE_integer('process_id', 0, 'This process\'s index, 0 to '
+                     '--num_processes - 1.', lower_bound=0)
+flags.DEFINE_integer('heartbeat_timeout_s', 60, 'With several processes: '
+                     'seconds after which a process that stopped sending '
+                     'heartbeats is taken for dead, and the others stop with '
+                     'an error.', lower_bound=1)
 flags.DEFINE_bool('verbose', False, 'Also show the INFO lines of libraries '
                   '(orbax checkpointing, JAX backends); by default only their '
                   'warnings and errors, and this binary\'s own progress.')
@@ -177,6 +193,18 @@ def main(argv):
         lm_env = devices.apply_lm_env(plan, host)
         if 'JAX_PLATFORMS' in lm_env:  # JAX read the variable at import.
             jax.config.update('jax_platforms', lm_env['JAX_PLATFORMS'])
+        cluster = distributed.initialize(
+            FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+            heartbeat_timeout_s=FLAGS.heartbeat_timeout_s)
+        if cluster is not None:
+            print(f'Process {cluster.process_id} of {cluster.num_processes}'
+                  + (': drives the search' if cluster.is_driver else
+                     ': evaluates for process 0'), flush=True)
+            distributed.share_host_files(
+                cluster, gin.get_bindings(search.run)['task'])
+        if cluster is not None and not cluster.is_driver:
+            gin_utils.call(search.run, workdir=FLAGS.workdir, cluster=cluster)
+            return
         sandbox = isolation.detect(require_os_sandbox=False)
         print(devices.describe(plan, host), flush=True)
         print(f'Sandbox isolation: {sandbox.level} ({sandbox.detail})',
@@ -189,10 +217,10 @@ def main(argv):
         with _workdir_mirror() as on_change:
             gin_utils.call(search.run, workdir=FLAGS.workdir,
                            allow_config_change=FLAGS.allow_config_change,
-                           on_change=on_change)
+                           on_change=on_change, cluster=cluster)
     except (gin_utils.GinConfigError, ConfigChanged, search.SearchError,
             devices.PlanError, isolation.IsolationError,
-            store.StoreFormatError) as e:
+            store.StoreFormatError, distributed.ClusterError) as e:
         sys.exit(f'error: {e}')
     except KeyboardInterrupt:
         sys.exit(f'Interrupted. Everything evaluated is saved in '

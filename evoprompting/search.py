@@ -57,7 +57,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 from absl import logging
 import numpy as np
 
-from evoprompting import selection, store, summaries
+from evoprompting import distributed, selection, store, summaries
 from evoprompting.sandbox import evaluator
 from evoprompting.tasks import base
 
@@ -447,11 +447,15 @@ class Search:
 def run(*, task: base.Task, proposer: Proposer, sandbox: evaluator.Sandbox,
         config: SearchConfig, workdir: str,
         allow_config_change: bool = False,
-        on_change: Callable[[], None] = lambda: None
+        on_change: Callable[[], None] = lambda: None,
+        cluster: distributed.Cluster | None = None
         ) -> list[store.Candidate]:
     """Runs or resumes a search in `workdir`; the main binary's job.
 
     `on_change` is called after every write to the workdir (see `Search`).
+    With a `cluster` of several processes, process 0 runs the search and
+    spreads evaluations over all of them; any other process only evaluates
+    its share (`distributed.serve`) and returns [].
 
     Takes ownership of `sandbox` (closed on return). Writes TensorBoard
     summaries to `<workdir>/tensorboard` after the seeds and after every
@@ -462,6 +466,12 @@ def run(*, task: base.Task, proposer: Proposer, sandbox: evaluator.Sandbox,
       SearchError: `workdir` holds a search with other settings (unless
         `allow_config_change`), or no seed program could be scored.
     """
+    if cluster is not None:
+        if not cluster.is_driver:
+            with sandbox:
+                distributed.serve(sandbox, cluster)
+            return []
+        sandbox = distributed.ClusterSandbox(sandbox, cluster)
     os.makedirs(workdir, exist_ok=True)
     with sandbox:
         _check_search_config(workdir, config, task, allow_config_change)

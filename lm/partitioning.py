@@ -95,15 +95,16 @@ def make_mesh(devices: Sequence[jax.Device] | int | None = None, *,
     """A `(data, model)` mesh of shape `(n // model_parallelism, model_parallelism)`.
 
     Args:
-      devices: the devices, or how many of `jax.devices()` to take (first
-        ones), or None for all.
+      devices: the devices, or how many of this process's devices
+        (`jax.local_devices()`: in a multi-process search the LM runs in the
+        process that drives it) to take (first ones), or None for all.
       model_parallelism: devices along 'model'; must divide their number.
         Neighbouring devices (in `devices` order) share a model replica.
     """
     if devices is None:
-        devices = jax.devices()
+        devices = jax.local_devices()
     elif isinstance(devices, int):
-        available = jax.devices()
+        available = jax.local_devices()
         if not 1 <= devices <= len(available):
             raise ValueError(f'asked for {devices} devices, {len(available)} '
                              'available')

@@ -51,7 +51,7 @@ def default_mesh(batch_size: int) -> jax.sharding.Mesh:
     A batch that does not split evenly would leave devices computing padding
     or replicas (batch 1 over 2 CPU devices decoded 2.7x slower than on one).
     """
-    count = max(n for n in range(1, len(jax.devices()) + 1)
+    count = max(n for n in range(1, len(jax.local_devices()) + 1)
                 if batch_size % n == 0)
     return partitioning.make_mesh(count)
 

@@ -291,6 +291,11 @@ class Task(Protocol):
         """Folders that hold the labels or can make them (the data cache, the
         dataset generator's package): hidden from workers."""
 
+    def host_files(self) -> dict[str, str]:
+        """Trusted files (path -> text) that every process of a multi-process
+        search must hold alike and workers must not see, such as a private
+        generator seed: process 0 sends its own (`distributed`)."""
+
     def prepare(self) -> None:
         """Generates or loads the data. The trusted parent only."""
 

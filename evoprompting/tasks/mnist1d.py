@@ -143,6 +143,9 @@ def _generator_args(seed: int) -> dict[str, Any]:
     return args
 
 
+PRIVATE_SEED_FILE = 'private_seed'
+
+
 def private_seed(folder: str) -> int:
     """This machine's private generator seed, kept in `folder`/private_seed.
 
@@ -151,7 +154,7 @@ def private_seed(folder: str) -> int:
     and read back by every later run, so searches and resumes on this machine
     see the same data. The folder is among the task's `private_paths`.
     """
-    path = os.path.join(folder, 'private_seed')
+    path = os.path.join(folder, PRIVATE_SEED_FILE)
     if not os.path.exists(path):
         os.makedirs(folder, exist_ok=True)
         tmp = f'{path}.{os.getpid()}.tmp'
@@ -256,6 +259,12 @@ class Mnist1dTask:
     def private_paths(self) -> tuple[str, ...]:
         return (self.data.cache_dir or default_cache_dir(),
                 *base.package_dirs('mnist1d'))
+
+    def host_files(self) -> dict[str, str]:
+        if self.data.generator_seed is not None:
+            return {}
+        path = os.path.join(self.data.folder, PRIVATE_SEED_FILE)
+        return {path: f'{private_seed(self.data.folder)}\n'}
 
     def prepare(self) -> None:
         load_splits(self.data)

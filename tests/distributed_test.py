@@ -1,0 +1,96 @@
+"""A search over two local processes (jax.distributed on CPU): it records what
+one process records, a killed process stops the other with an error, and the
+same command resumes and finishes."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+from evoprompting import gin_utils, store
+
+SEEDS = ('mlp', 'gru', 'greydanus_cnn')
+
+
+def _args(workdir, seeds_dir):
+    return ['--gin_file=gin/mnist1d/quick.gin', '--gin_file=gin/lm/tiny_random.gin',
+            f"--gin_bindings=mnist1d.Mnist1dTask.seeds_dir = '{seeds_dir}'",
+            '--gin_bindings=ROUNDS = 2', '--gin_bindings=PROMPTS = 2',
+            '--gin_bindings=SAMPLES = 2',
+            '--gin_bindings=mnist1d.TrainConfig.num_steps = 16',
+            '--gin_bindings=mnist1d.TrainConfig.eval_every = 8',
+            '--gin_bindings=search.SearchConfig.alpha = 0.95',
+            # Greedy sampling: the children are a function of the history.
+            '--gin_bindings=crossmut.CrossMutConfig.temperature_choices = (0.0,)',
+            f'--workdir={workdir}']
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def _start(args, process_id=None, port=None, log=None):
+    cluster = [] if process_id is None else [
+        f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
+        f'--process_id={process_id}', '--heartbeat_timeout_s=5']
+    return subprocess.Popen(
+        [sys.executable, '-m', 'evoprompting.main', *args, *cluster],
+        cwd=gin_utils.REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
+        text=True)
+
+
+def _two_processes(args, tmp_path, name, kill_process_1=False):
+    """Runs both processes; (return codes, process 0's output)."""
+    port = _free_port()
+    logs = [open(tmp_path / f'{name}.p{i}.log', 'w+') for i in (0, 1)]
+    procs = [_start(args, i, port, logs[i]) for i in (0, 1)]
+    if kill_process_1:
+        # Killed once it serves, before its first result: process 0 cannot
+        # finish the seeds without it.
+        deadline = time.monotonic() + 120
+        while 'evaluates for process 0' not in (tmp_path / f'{name}.p1.log'
+                                                ).read_text():
+            assert time.monotonic() < deadline and procs[1].poll() is None
+            time.sleep(0.05)
+        procs[1].kill()
+    codes = [p.wait(timeout=300) for p in procs]
+    for log in logs:
+        log.close()
+    return codes, (tmp_path / f'{name}.p0.log').read_text()
+
+
+def _record(workdir):
+    return sorted((c.round, c.proposal, c.source, c.result.status.value)
+                  for c in store.read_candidates(str(workdir)))
+
+
+def test_two_processes_record_what_one_does_and_survive_a_kill(tmp_path):
+    seeds = tmp_path / 'my_seeds'
+    seeds.mkdir()
+    for name in SEEDS:
+        shutil.copy(os.path.join(gin_utils.REPO_ROOT, 'seeds', 'mnist1d',
+                                 f'{name}.py'), seeds)
+    one = _start(_args(tmp_path / 'one', seeds))
+    assert one.wait(timeout=600) == 0
+
+    args = _args(tmp_path / 'two', seeds)
+    start = time.monotonic()
+    codes, out = _two_processes(args, tmp_path, 'killed', kill_process_1=True)
+    assert codes[1] != 0 and codes[0] != 0, out
+    assert 'another task died' in out or 'unhealthy' in out, out[-3000:]
+    assert time.monotonic() - start < 180
+    assert not store.is_finished(str(tmp_path / 'two'))
+
+    # The same command again resumes and finishes.
+    codes, out = _two_processes(args, tmp_path, 'resumed')
+    assert codes == [0, 0], out[-3000:]
+    assert 'Process 0 of 2: drives the search' in out
+    assert store.is_finished(str(tmp_path / 'two'))
+    two = _record(tmp_path / 'two')
+    assert len({(r, p) for r, p, _, _ in two}) == len(two)  # Each once.
+    assert two == _record(tmp_path / 'one')
+    assert [s for r, _, _, s in two if r == -1] == ['ok'] * len(SEEDS)
