@@ -442,6 +442,24 @@ def test_what_a_worker_left_is_reaped_by_its_uid():
             process.wait()
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason='workers have uids of their '
+                    'own only when the parent is root')
+def test_pools_alive_at_once_never_share_a_uid(task, config):
+    """Two searches on one host (a sweep's parallel runs, the processes of a
+    multi-process search): reaping one's worker uid must not kill the
+    other's workers."""
+    modules = validator.DEFAULT_POLICY.allowed_modules
+    make = lambda: pool.WorkerPool(task, allowed_modules=modules,
+                                   limits=LIMITS, config=config,
+                                   workers=[devices.CPU_WORKER] * 2)
+    with make() as one, make() as two:
+        assert len(set(one.sandbox_uids)) == 4 == len(set(two.sandbox_uids))
+        assert not set(one.sandbox_uids) & set(two.sandbox_uids)
+        held = set(one.sandbox_uids)
+    with make() as again:  # A closed pool's block is free again.
+        assert set(again.sandbox_uids) == held
+
+
 def test_half_a_reply_cannot_hang_the_parent(task):
     """A worker that writes part of a line and stops is a timeout."""
     limits = pool.Limits(wall_s=5, cpu_s=60, memory_mb=6144, startup_s=300)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import fcntl
 import json
 import os
 import queue
@@ -96,9 +97,12 @@ class WorkerConfig:
         parent is root. Slot i's workers take uids sandbox_uid + 2i and
         sandbox_uid + 2i + 1 in turn, so a worker and the spare that follows
         it never share one, and a process limit binds each worker alone
-        (RLIMIT_NPROC counts per uid). None of these uids may belong to an
-        account: the default range is far above the ones Debian, systemd
-        and subordinate-id ranges hand out.
+        (RLIMIT_NPROC counts per uid). A pool claims its own block of
+        `UIDS_PER_POOL` uids from here (`claim_uid_block`), so pools of
+        other searches on the host (a sweep's parallel runs, the processes
+        of a multi-process search) never share a uid. None of these uids may
+        belong to an account: the default range is far above the ones
+        Debian, systemd and subordinate-id ranges hand out.
       sandbox_gid: their group (nogroup by default).
     """
 
@@ -110,6 +114,34 @@ class WorkerConfig:
         """The user of slot `slot`'s workers on turn `turn` (0 or 1)."""
         return isolation_lib.SandboxUser(
             self.sandbox_uid + 2 * slot + turn % 2, self.sandbox_gid)
+
+
+UIDS_PER_POOL = 1024  # Two per worker slot: at most 512 workers.
+_UID_BLOCKS = 1024  # Pools on one host at once.
+_UID_LOCK_DIR = os.path.join(tempfile.gettempdir(), 'evoprompting-sandbox-uids')
+
+
+def claim_uid_block(first: int) -> tuple[int, int]:
+    """(the first uid of a block no other live pool on this host holds, the
+    file descriptor whose lock holds it: close it to give the block back).
+
+    Blocks start at `first`, `UIDS_PER_POOL` apart; each is held by an
+    exclusive lock on a file of a root-only folder, which the kernel
+    releases when the holder exits, however it ends.
+    """
+    os.makedirs(_UID_LOCK_DIR, mode=0o700, exist_ok=True)
+    for block in range(_UID_BLOCKS):
+        start = first + block * UIDS_PER_POOL
+        fd = os.open(os.path.join(_UID_LOCK_DIR, str(start)),
+                     os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        return start, fd
+    raise RuntimeError(f'{_UID_BLOCKS} sandbox pools already run on this '
+                       f'host (locks in {_UID_LOCK_DIR})')
 
 
 def _killing_signal(returncode: int | None) -> int:
@@ -472,6 +504,12 @@ class WorkerPool:
                     self.isolation, detail=(
                         f'{self.isolation.detail}; workers run as root: the '
                         f'code or Python is not reachable by other users'))
+        self._uid_lock = None
+        if self._drop_privileges:
+            if len(self.workers) * 2 > UIDS_PER_POOL:
+                raise ValueError(f'at most {UIDS_PER_POOL // 2} workers')
+            first, self._uid_lock = claim_uid_block(config.sandbox_uid)
+            self.config = dataclasses.replace(config, sandbox_uid=first)
         self._turns = [0] * len(self.workers)  # Of each slot's two users.
         self._hidden = task.private_paths()
         # Workers are started on this one long-lived thread: the OS sandbox
@@ -599,6 +637,8 @@ class WorkerPool:
                 worker.kill()
         self._launcher.shutdown()
         shutil.rmtree(self.log_dir, ignore_errors=True)
+        if self._uid_lock is not None:
+            os.close(self._uid_lock)  # After every worker is gone.
 
     def __enter__(self) -> WorkerPool:
         return self
