@@ -294,23 +294,28 @@ def table(runs: Sequence[Run], root: str) -> list[str]:
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_multi_string('gin_file', None, 'Gin files of every run, in '
-                          'order (e.g. gin/mnist1d/quick.gin).')
-flags.DEFINE_multi_string('gin_bindings', [], 'Gin bindings of every run, '
-                          'before the grid\'s.')
-flags.DEFINE_multi_string('grid', [], "A binding and its values: "
-                          "--grid='search.SearchConfig.alpha=[0.3, 0.5]'. "
-                          'Repeatable: the runs are the product of the grids.')
-flags.DEFINE_bool('zip', False, 'Take the grids\' values side by side '
-                  '(every grid the same length) instead of their product.')
-flags.DEFINE_string('root', None, 'Folder of the runs (DIR/<name>) and of '
-                    'DIR/sweep.md.')
-flags.DEFINE_integer('parallel', 1, 'Runs at once.', lower_bound=1)
-flags.DEFINE_bool('report', False, 'Also write evoprompting.report\'s report '
-                  'of every run to DIR/report.')
-flags.DEFINE_bool('dry_run', False, 'Check the runs\' configurations, print '
-                  'their commands, and run nothing.')
-flags.mark_flags_as_required(['gin_file', 'root'])
+
+
+def define_flags() -> None:
+    """The binary's flags; defined only when it runs, so the programs that
+    import this module (benchmarks, launch.tpu_vm's tests) do not get them."""
+    flags.DEFINE_multi_string('gin_file', None, 'Gin files of every run, in '
+                              'order (e.g. gin/mnist1d/quick.gin).')
+    flags.DEFINE_multi_string('gin_bindings', [], 'Gin bindings of every run, '
+                              'before the grid\'s.')
+    flags.DEFINE_multi_string('grid', [], "A binding and its values: "
+                              "--grid='search.SearchConfig.alpha=[0.3, 0.5]'. "
+                              'Repeatable: the runs are the product of the grids.')
+    flags.DEFINE_bool('zip', False, 'Take the grids\' values side by side '
+                      '(every grid the same length) instead of their product.')
+    flags.DEFINE_string('root', None, 'Folder of the runs (DIR/<name>) and of '
+                        'DIR/sweep.md.')
+    flags.DEFINE_integer('parallel', 1, 'Runs at once.', lower_bound=1)
+    flags.DEFINE_bool('report', False, 'Also write evoprompting.report\'s report '
+                      'of every run to DIR/report.')
+    flags.DEFINE_bool('dry_run', False, 'Check the runs\' configurations, print '
+                      'their commands, and run nothing.')
+    flags.mark_flags_as_required(['gin_file', 'root'])
 
 
 def main(argv: Sequence[str]) -> None:
@@ -354,4 +359,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
+    define_flags()
     app.run(main)
