@@ -41,5 +41,8 @@ setuptools.setup(
         #   pip install --no-deps dm-clrs==2.0.3
         # (see clrs_tasks/_clrs_import.py).
         'clrs': ['jraph>=0.0.6.dev0', 'chex>=0.1.86', 'attrs>=24.2'],
+        # JAX for an accelerator, on top of the CPU default (README, "Scale").
+        'gpu': ['jax[cuda12]>=0.6'],
+        'tpu': ['jax[tpu]>=0.6'],
     },
 )

@@ -69,8 +69,8 @@ create    `gcloud compute tpus tpu-vm create` (with --queued: `gcloud compute
 setup     Copies the repository (`git archive HEAD`: committed files only, so
           commit first) to every worker and installs it there in
           $HOME/evoprompting-venv (Python 3.11 and bubblewrap from apt, then
-          `pip install -e '.[clrs]'`, `pip install --no-deps dm-clrs==2.0.3`,
-          `pip install -U 'jax[tpu]'`); installs the idle guard. `run` does
+          `pip install -e '.[clrs,tpu]'` (JAX with libtpu), `pip install
+          --no-deps dm-clrs==2.0.3`); installs the idle guard. `run` does
           this itself.
 run       As above. --gin_file (paths relative to the repository root) and
           --gin_bindings are repeatable and passed on as given:
@@ -428,9 +428,8 @@ def setup_script() -> str:
         f'(test -x {REMOTE_VENV}/bin/python || python3.11 -m venv {REMOTE_VENV})',
         f'cd {REMOTE_REPO}',
         f'{pip} -U pip',
-        f"{pip} -e '.[clrs]'",
+        f"{pip} -e '.[clrs,tpu]'",
         f'{pip} --no-deps dm-clrs==2.0.3',  # Its metadata asks TensorFlow.
-        f"{pip} -U 'jax[tpu]'",
     ])
 
 

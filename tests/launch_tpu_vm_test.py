@@ -184,9 +184,8 @@ def test_remote_scripts_say_what_they_install_and_restore(gcloud):
     for step in ('apt-get -o DPkg::Lock::Timeout=600 install -y -qq bubblewrap '
                  'python3.11 python3.11-venv',
                  'tar -xzf "$HOME"/evoprompting.tar.gz -C "$HOME"/evoprompting',
-                 "pip install -q -e '.[clrs]'",
-                 'pip install -q --no-deps dm-clrs==2.0.3',
-                 "pip install -q -U 'jax[tpu]'"):
+                 "pip install -q -e '.[clrs,tpu]'",
+                 'pip install -q --no-deps dm-clrs==2.0.3'):
         assert step in setup
     restore = remote(lines, 'restore')
     assert ('gcloud storage rsync --recursive gs://bkt/evo/quick '
