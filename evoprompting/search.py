@@ -62,6 +62,8 @@ from evoprompting.sandbox import evaluator
 from evoprompting.tasks import base
 
 ROUNDS_DIR = 'rounds'
+# One JSON line per round run: where its wall time went (`Search.run`).
+TIMINGS_FILE = 'timings.jsonl'
 SEED_ROUND = -1
 
 
@@ -274,9 +276,11 @@ class Search:
                  sandbox: evaluator.Sandbox, config: SearchConfig,
                  workdir: str,
                  writer: summaries.TensorBoardWriter | None = None,
-                 on_change: Callable[[], None] = lambda: None):
+                 on_change: Callable[[], None] = lambda: None,
+                 processes: int = 1):
         """`on_change` is called after every write to the workdir (each
-        recorded candidate, saved proposals, round summaries and state)."""
+        recorded candidate, saved proposals, round summaries and state);
+        `processes` evaluate (see `run`), recorded with the timings."""
         self.task = task
         self.proposer = proposer
         self.sandbox = sandbox
@@ -284,6 +288,7 @@ class Search:
         self.workdir = workdir
         self.writer = writer
         self.on_change = on_change
+        self.processes = processes
         self.store = store.CandidateStore.open(workdir)
 
     @property
@@ -405,19 +410,37 @@ class Search:
         for t in range(completed, self.config.num_rounds):
             round_start = time.monotonic()
             proposals = self._proposals(t)
+            proposed = time.monotonic()
             # Assumes later rounds propose as many children as this one.
             progress.total = len(seeds) + len(proposals) * self.config.num_rounds
+            done_before = progress.done
             self.evaluate(t, proposals, progress)
+            evaluated = time.monotonic()
             scalars = {'speed/evaluations_per_min': progress.per_minute,
-                       'speed/round_minutes': (time.monotonic() - round_start) / 60}
+                       'speed/round_minutes': (evaluated - round_start) / 60}
             if t < self.config.num_rounds - 1:
                 learnt = self.proposer.learn(
                     t, self.history, round_rng(self.config.seed, t, 'learn'))
                 scalars.update(learnt)
+            self._record_timing(t, propose_s=proposed - round_start,
+                                evaluate_s=evaluated - proposed,
+                                learn_s=time.monotonic() - evaluated,
+                                evaluations=progress.done - done_before)
             self._summarise(t, scalars)
             store.write_state(self.workdir, {'completed_rounds': t + 1})
             self.on_change()
         return self._top()
+
+    def _record_timing(self, round_index: int, **timing: float) -> None:
+        """Appends where round `round_index`'s wall time went to
+        TIMINGS_FILE: sampling the LM (`propose_s`, 0 when the proposals
+        were saved before a restart), evaluating (`evaluate_s`, with the
+        number of `evaluations` recorded) and tuning the LM (`learn_s`)."""
+        line = json.dumps({'round': round_index, **timing,
+                           'processes': self.processes})
+        with open(os.path.join(self.workdir, TIMINGS_FILE), 'a',
+                  encoding='utf-8') as f:
+            f.write(line + '\n')
 
     def _summarise(self, round_index: int, scalars: Mapping[str, float]) -> None:
         stats = summaries.round_stats(
@@ -482,7 +505,8 @@ def run(*, task: base.Task, proposer: Proposer, sandbox: evaluator.Sandbox,
             objectives=task.objectives)
         search = Search(task=task, proposer=proposer, sandbox=sandbox,
                         config=config, workdir=workdir, writer=writer,
-                        on_change=on_change)
+                        on_change=on_change,
+                        processes=cluster.num_processes if cluster else 1)
         try:
             top = search.run()
             history = search.history

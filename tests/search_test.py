@@ -69,6 +69,13 @@ def test_search_records_everything_and_resumes_without_redoing(
     log = read_log(tmp_path)
     # Called after every recorded candidate (a mirror copies each).
     assert set(range(1, len(log) + 1)) <= set(written)
+    # Where each round's time went.
+    with open(tmp_path / search.TIMINGS_FILE) as f:
+        timings = [json.loads(line) for line in f]
+    assert [t['round'] for t in timings] == [0, 1]
+    assert all(t['processes'] == 1 and t['evaluations'] == 4 and
+               t['propose_s'] > 0 and t['evaluate_s'] > 0 for t in timings)
+    assert timings[0]['learn_s'] > 0 and timings[1]['learn_s'] < 1
     seeds = [c for c in log if c.round == search.SEED_ROUND]
     assert [c.proposal for c in seeds] == [0, 1, 2, 3]
     assert all(c.result.ok for c in seeds)
