@@ -3,7 +3,8 @@ r"""Sweeps: one search per point of a grid of gin bindings, and their table.
   python -m launch.sweep --gin_file=gin/mnist1d/quick.gin \
       --grid='search.SearchConfig.alpha=[0.3, 0.5]' \
       --grid='SEARCH_SEED=[0, 1, 2]' [--zip] [--gin_bindings=B ...] \
-      --root=DIR [--parallel=N] [--report] [--dry_run]
+      --root=DIR [--parallel=N] [--report] [--dry_run] \
+      [--tpu_vm=NAME --zone=ZONE --bucket=gs://... [--tpu_vm_flag=...] [--keep]]
 
 Each `--grid='BINDING=[V1, V2, ...]'` names a gin binding (a parameter
 `configurable.name` or a macro `NAME`) and its values, written as in a gin
@@ -25,6 +26,12 @@ what it had recorded (or refuses a workdir of another configuration). With
 --parallel=N, N runs at once (each with its own sandbox workers: size the
 device plan so N fit the machine).
 
+With --tpu_vm, each run goes to a Cloud TPU VM instead (`launch.tpu_vm run`,
+the VM kept between runs, its workdir mirrored to <bucket>/<name>), and its
+workdir is then copied back into DIR/<name> (`launch.tpu_vm copy`), where the
+table reads it; --parallel=N uses N VMs (NAME, NAME-1, ...), all deleted at
+the end unless --keep.
+
 At the end, DIR/sweep.md holds a table of every run: its grid bindings, final
 hypervolume, best fitness, share of ok children (duplicates excluded) and wall
 time, read from the stores; --report also writes `evoprompting.report`'s
@@ -42,6 +49,7 @@ import hashlib
 import itertools
 import json
 import os
+import queue
 import re
 import shlex
 import subprocess
@@ -133,7 +141,7 @@ def run_name(assignment: Sequence[tuple[str, str]]) -> str:
     a hash of the bindings."""
     keys = [k for k, _ in assignment]
     name = '-'.join(f'{_short_key(k, keys)}_{v}' for k, v in assignment)
-    name = re.sub(r'[^A-Za-z0-9._=+-]+', '_', name)
+    name = re.sub(r'[^A-Za-z0-9._-]+', '_', name)
     name = re.sub(r'_{2,}', '_', name).strip('._') or 'run'
     if len(name) > 100:
         digest = hashlib.sha256(repr(assignment).encode()).hexdigest()[:10]
@@ -218,10 +226,59 @@ def _record(workdir: str, argv: Sequence[str], seconds: float) -> None:
                                    'wall_s': wall_s + seconds})
 
 
-def run_one(run: Run, root: str, say: Callable[[str], None] = print) -> bool:
+@dataclasses.dataclass(frozen=True)
+class TpuVm:
+    """Runs on Cloud TPU VMs through `launch.tpu_vm`: each run is `run` on a
+    VM (kept between runs) and then `copy` of its workdir from the bucket
+    into the sweep's root, where the table reads it. With --parallel=N the
+    runs use N VMs: `name`, `name-1`, ... `name-(N-1)`.
+
+    Attributes:
+      name, zone, bucket: as launch.tpu_vm's --name, --zone, --bucket.
+      flags: more launch.tpu_vm flags for `run`, e.g. '--accelerator_type=v4-32'.
+    """
+
+    name: str
+    zone: str
+    bucket: str
+    flags: tuple[str, ...] = ()
+
+    def vm(self, slot: int) -> list[str]:
+        return [f'--name={self.name if slot == 0 else f"{self.name}-{slot}"}',
+                f'--zone={self.zone}']
+
+    def commands(self, run: Run, workdir: str, slot: int) -> list[list[str]]:
+        base = [sys.executable, '-m', 'launch.tpu_vm']
+        where = [f'--bucket={self.bucket}',
+                 f'--run_name={run.name.replace(os.sep, "-")}']
+        return [[*base, 'run', *self.vm(slot), *self.flags, *where, '--keep',
+                 *(f'--gin_file={f}' for f in run.gin_files),
+                 *(f'--gin_bindings={b}' for b in run.bindings)],
+                [*base, 'copy', *where, f'--to={workdir}']]
+
+    def delete_commands(self, slots: int) -> list[list[str]]:
+        """Deletes the sweep's VMs."""
+        return [[sys.executable, '-m', 'launch.tpu_vm', 'delete',
+                 *self.vm(slot), *self.flags] for slot in range(slots)]
+
+
+# How a run is carried out: (run, its workdir, the slot running it) -> the
+# commands to run one after the other.
+Commands = Callable[[Run, str, int], list[list[str]]]
+
+
+def local_commands(run: Run, workdir: str, slot: int) -> list[list[str]]:
+    """`evoprompting.main` on this machine."""
+    del slot
+    return [run.command(workdir)]
+
+
+def run_one(run: Run, root: str, say: Callable[[str], None] = print,
+            commands: Commands = local_commands, slot: int = 0) -> bool:
     """Runs, resumes or skips one run; whether it finished."""
     workdir = os.path.join(root, run.name)
-    argv = run.command(workdir)
+    steps = commands(run, workdir, slot)
+    argv = steps[0]
     if is_finished(workdir, argv):
         say(f'{run.name}: finished, skipped')
         return True
@@ -229,11 +286,16 @@ def run_one(run: Run, root: str, say: Callable[[str], None] = print) -> bool:
     log_path = os.path.join(workdir, LOG_FILE)
     say(f'{run.name}: running, log {log_path}')
     start = time.monotonic()
+    code = 0
     with open(log_path, 'a', encoding='utf-8') as log:
-        log.write(f'\n$ {shlex.join(argv)}\n')
-        log.flush()
-        code = subprocess.run(argv, cwd=gin_utils.REPO_ROOT, stdout=log,
-                              stderr=subprocess.STDOUT, check=False).returncode
+        for step in steps:
+            log.write(f'\n$ {shlex.join(step)}\n')
+            log.flush()
+            code = subprocess.run(step, cwd=gin_utils.REPO_ROOT, stdout=log,
+                                  stderr=subprocess.STDOUT,
+                                  check=False).returncode
+            if code:
+                break
     seconds = time.monotonic() - start
     _record(workdir, argv, seconds)
     if code != 0:
@@ -245,16 +307,28 @@ def run_one(run: Run, root: str, say: Callable[[str], None] = print) -> bool:
 
 
 def run_all(runs: Sequence[Run], root: str, parallel: int = 1,
-            say: Callable[[str], None] = print) -> list[Run]:
-    """Runs every run (`parallel` at once); returns those that failed."""
+            say: Callable[[str], None] = print,
+            commands: Commands = local_commands) -> list[Run]:
+    """Runs every run (`parallel` at once, each on a slot 0..parallel-1 of
+    its own); returns those that failed."""
     lock = threading.Lock()
+    slots: queue.SimpleQueue[int] = queue.SimpleQueue()
+    for slot in range(parallel):
+        slots.put(slot)
 
     def locked_say(text: str) -> None:
         with lock:
             say(text)
 
+    def one(run: Run) -> bool:
+        slot = slots.get()
+        try:
+            return run_one(run, root, locked_say, commands, slot)
+        finally:
+            slots.put(slot)
+
     with concurrent.futures.ThreadPoolExecutor(parallel) as pool:
-        finished = list(pool.map(lambda r: run_one(r, root, locked_say), runs))
+        finished = list(pool.map(one, runs))
     return [r for r, ok in zip(runs, finished) if not ok]
 
 
@@ -313,6 +387,17 @@ def define_flags() -> None:
     flags.DEFINE_integer('parallel', 1, 'Runs at once.', lower_bound=1)
     flags.DEFINE_bool('report', False, 'Also write evoprompting.report\'s report '
                       'of every run to DIR/report.')
+    flags.DEFINE_string('tpu_vm', None, 'Run on Cloud TPU VMs of this name '
+                        '(launch.tpu_vm; NAME-1, NAME-2, ... with --parallel), '
+                        'deleted at the end unless --keep; needs --zone and '
+                        '--bucket. Workdirs are copied back into --root.')
+    flags.DEFINE_string('zone', None, '--tpu_vm: the zone.')
+    flags.DEFINE_string('bucket', None, '--tpu_vm: the gs:// URL under which '
+                        'each run keeps its workdir.')
+    flags.DEFINE_multi_string('tpu_vm_flag', [], "--tpu_vm: more "
+                              "launch.tpu_vm flags, e.g. "
+                              "--tpu_vm_flag=--accelerator_type=v4-32.")
+    flags.DEFINE_bool('keep', False, '--tpu_vm: keep the VMs at the end.')
     flags.DEFINE_bool('dry_run', False, 'Check the runs\' configurations, print '
                       'their commands, and run nothing.')
     flags.mark_flags_as_required(['gin_file', 'root'])
@@ -323,6 +408,13 @@ def main(argv: Sequence[str]) -> None:
         raise app.UsageError(f'unexpected arguments: {argv[1:]}')
     if not FLAGS.grid:
         raise app.UsageError('give at least one --grid')
+    tpu = None
+    if FLAGS.tpu_vm:
+        if not FLAGS.zone or not FLAGS.bucket:
+            raise app.UsageError('--tpu_vm needs --zone and --bucket')
+        tpu = TpuVm(FLAGS.tpu_vm, FLAGS.zone, FLAGS.bucket,
+                    tuple(FLAGS.tpu_vm_flag))
+    commands = tpu.commands if tpu else local_commands
     root = os.path.abspath(FLAGS.root)
     try:
         runs = plan(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.grid, FLAGS.zip)
@@ -330,12 +422,21 @@ def main(argv: Sequence[str]) -> None:
     except SweepError as e:
         sys.exit(f'error: {e}')
     if FLAGS.dry_run:
-        for r in runs:
-            print(shlex.join(r.command(os.path.join(root, r.name))))
+        for i, r in enumerate(runs):
+            for step in commands(r, os.path.join(root, r.name),
+                                 i % FLAGS.parallel):
+                print(shlex.join(step))
+        if tpu and not FLAGS.keep:
+            for step in tpu.delete_commands(FLAGS.parallel):
+                print(shlex.join(step))
         return
     print(f'{len(runs)} runs in {root}, {FLAGS.parallel} at a time', flush=True)
     failed = run_all(runs, root, FLAGS.parallel,
-                     say=lambda text: print(text, flush=True))
+                     say=lambda text: print(text, flush=True),
+                     commands=commands)
+    if tpu and not FLAGS.keep:
+        for step in tpu.delete_commands(FLAGS.parallel):
+            subprocess.run(step, cwd=gin_utils.REPO_ROOT, check=False)
     lines = table(runs, root)
     os.makedirs(root, exist_ok=True)
     with open(os.path.join(root, TABLE_FILE), 'w', encoding='utf-8') as f:

@@ -2,6 +2,7 @@
 tabled."""
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -137,3 +138,33 @@ def test_a_two_by_two_sweep_runs_resumes_and_tables(tmp_path):
     assert again.stdout.count('finished, skipped') == 3
     assert f'{names[0]}: done' in again.stdout
     assert len(store.read_candidates(str(root / names[0]))) == 3
+
+
+def test_tpu_vm_sweeps_hand_each_run_to_launch_tpu_vm(tmp_path):
+    root = tmp_path / 'sweep'
+    out = _sweep('--gin_file=gin/mnist1d/quick.gin',
+                 '--gin_file=gin/devices/tpu.gin', '--grid=SEARCH_SEED=[0, 1, 2]',
+                 f'--root={root}', '--parallel=2', '--tpu_vm=evo',
+                 '--zone=us-central2-b', '--bucket=gs://bkt/sweep',
+                 '--tpu_vm_flag=--accelerator_type=v4-32', '--dry_run',
+                 cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    lines = [shlex.split(line) for line in out.stdout.splitlines()]
+    actions = [(line[3], line[4]) for line in lines]
+    assert actions == [('run', '--name=evo'), ('copy', '--bucket=gs://bkt/sweep'),
+                       ('run', '--name=evo-1'), ('copy', '--bucket=gs://bkt/sweep'),
+                       ('run', '--name=evo'), ('copy', '--bucket=gs://bkt/sweep'),
+                       ('delete', '--name=evo'), ('delete', '--name=evo-1')]
+    assert '--gin_bindings=SEARCH_SEED = 1' in lines[2]
+    assert '--keep' in lines[0] and '--accelerator_type=v4-32' in lines[0]
+    assert lines[1][-1] == f'--to={root / "SEARCH_SEED_0"}'
+    assert not root.exists()
+    # Every command is one launch.tpu_vm accepts: its own dry run prints it.
+    for line in lines:
+        check = subprocess.run([*line, '--dry_run'], cwd=gin_utils.REPO_ROOT,
+                               capture_output=True, text=True, timeout=120)
+        assert check.returncode == 0, (line, check.stderr[-2000:])
+    missing = _sweep('--gin_file=gin/mnist1d/quick.gin', '--grid=X=[1]',
+                     f'--root={root}', '--tpu_vm=evo', cwd=tmp_path)
+    assert missing.returncode != 0
+    assert '--tpu_vm needs --zone and --bucket' in missing.stderr
