@@ -100,19 +100,27 @@ def share_host_files(cluster: Cluster, task: base.Task) -> None:
         for p in range(1, cluster.num_processes):
             cluster.send(f'host_files/{p}', files)
         return
-    for path, text in cluster.receive(f'host_files/{cluster.process_id}'
+    folder = task.private_paths()[0]
+    for name, text in cluster.receive(f'host_files/{cluster.process_id}'
                                       ).items():
-        if os.path.exists(path):
-            with open(path, encoding='utf-8') as f:
-                if f.read() != text:
-                    raise ClusterError(
-                        f'{path} differs from process 0\'s; a multi-process '
-                        'search needs the same private data on every host')
-            continue
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, 'w', encoding='utf-8') as f:
-            f.write(text)
+        path = os.path.join(folder, name)
+        if not os.path.exists(path):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = f'{path}.{os.getpid()}.tmp'
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, 'w', encoding='utf-8') as f:
+                f.write(text)
+            try:
+                os.link(tmp, path)  # Atomic; a racing process may win.
+            except FileExistsError:
+                pass
+            finally:
+                os.remove(tmp)
+        with open(path, encoding='utf-8') as f:
+            if f.read() != text:
+                raise ClusterError(
+                    f'{path} differs from process 0\'s; a multi-process '
+                    'search needs the same private data on every host')
 
 
 class ClusterSandbox:
@@ -138,6 +146,7 @@ class ClusterSandbox:
                 'seeds': [seeds[i] for i in shares[p]],
                 'build_only': build_only})
         arrived: queue.Queue = queue.Queue()
+        stop = threading.Event()  # Cancels this process's share.
 
         def evaluate_own() -> None:
             try:
@@ -145,29 +154,42 @@ class ClusterSandbox:
                     [sources[i] for i in shares[0]],
                     [seeds[i] for i in shares[0]],
                     on_result=lambda j, r: arrived.put((shares[0][j], r)),
-                    build_only=build_only)
+                    build_only=build_only, cancel=stop)
             except BaseException as e:  # pylint: disable=broad-except
                 arrived.put((None, e))
 
         def receive_from(p: int) -> None:
-            for k in range(len(shares[p])):
-                message = self.cluster.receive(f'result/{n}/{p}/{k}')
-                arrived.put((shares[p][message['index']],
-                             base.EvalResult.from_json(message['result'])))
+            try:
+                for k in range(len(shares[p])):
+                    message = self.cluster.receive(f'result/{n}/{p}/{k}')
+                    if 'error' in message:
+                        raise ClusterError(f'process {p}: {message["error"]}')
+                    arrived.put((shares[p][message['index']],
+                                 base.EvalResult.from_json(message['result'])))
+            except BaseException as e:  # pylint: disable=broad-except
+                arrived.put((None, e))
 
-        threads = [threading.Thread(target=evaluate_own, daemon=True)]
-        threads += [threading.Thread(target=receive_from, args=(p,),
-                                     daemon=True) for p in range(1, count)]
-        for thread in threads:
-            thread.start()
+        own = threading.Thread(target=evaluate_own, daemon=True)
+        own.start()
+        for p in range(1, count):
+            threading.Thread(target=receive_from, args=(p,),
+                             daemon=True).start()
         results: list[base.EvalResult | None] = [None] * len(sources)
-        for _ in range(len(sources)):
-            i, result = arrived.get()
-            if i is None:
-                raise result
-            results[i] = result
-            if on_result:
-                on_result(i, result)
+        try:
+            for _ in range(len(sources)):
+                i, result = arrived.get()
+                if i is None:
+                    raise result
+                results[i] = result
+                if on_result:
+                    on_result(i, result)
+        except BaseException:
+            # Ctrl-C, an error here or from a process: this process's
+            # programs stop at once, before its sandbox may close.
+            self.local.cancel(stop)
+            own.join()
+            raise
+        own.join()
         return results
 
     def close(self, error: str = '') -> None:
@@ -210,6 +232,12 @@ def serve(local: Any, cluster: Cluster) -> None:
                          {'index': j, 'result': result.to_json()})
             done += 1
 
-        local.evaluate(work['sources'], work['seeds'], on_result=send,
-                       build_only=work['build_only'])
+        try:
+            local.evaluate(work['sources'], work['seeds'], on_result=send,
+                           build_only=work['build_only'])
+        except Exception as e:
+            # Process 0 stops with this error instead of waiting for results.
+            cluster.send(f'result/{n}/{p}/{done}',
+                         {'error': f'{type(e).__name__}: {e}'})
+            raise
         n += 1

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import fcntl
 import importlib.metadata
 import json
 import os
@@ -157,6 +158,33 @@ def write_run_record(workdir: str, *, allow_config_change: bool,
     store.write_json_atomic(path, record)
 
 
+LOCK_FILE = '.lock'
+
+
+class WorkdirBusy(Exception):
+    """Another search holds the workdir."""
+
+
+def _lock_workdir(workdir: str) -> int:
+    """An exclusive lock on `workdir`, held while this process lives (the
+    kernel drops it however the process ends): two searches writing one
+    store would corrupt it. Returns the lock's file descriptor.
+
+    Raises:
+      WorkdirBusy: another process holds the lock.
+    """
+    os.makedirs(workdir, exist_ok=True)
+    fd = os.open(os.path.join(workdir, LOCK_FILE), os.O_RDWR | os.O_CREAT,
+                 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise WorkdirBusy(f'another evoprompting.main is running on '
+                          f'{workdir}; wait for it, or stop it') from None
+    return fd
+
+
 @contextlib.contextmanager
 def _workdir_mirror() -> Iterator[Callable[[], None]]:
     """Yields what to call after each write to the workdir: a request for a
@@ -205,6 +233,7 @@ def main(argv):
         if cluster is not None and not cluster.is_driver:
             gin_utils.call(search.run, workdir=FLAGS.workdir, cluster=cluster)
             return
+        _lock_workdir(FLAGS.workdir)  # Held until this process exits.
         sandbox = isolation.detect(require_os_sandbox=False)
         print(devices.describe(plan, host), flush=True)
         print(f'Sandbox isolation: {sandbox.level} ({sandbox.detail})',
@@ -220,7 +249,8 @@ def main(argv):
                            on_change=on_change, cluster=cluster)
     except (gin_utils.GinConfigError, ConfigChanged, search.SearchError,
             devices.PlanError, isolation.IsolationError,
-            store.StoreFormatError, distributed.ClusterError) as e:
+            store.StoreFormatError, distributed.ClusterError,
+            WorkdirBusy) as e:
         sys.exit(f'error: {e}')
     except KeyboardInterrupt:
         sys.exit(f'Interrupted. Everything evaluated is saved in '

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
 import threading
 
@@ -43,6 +44,8 @@ def check_destination(dest: str, workdir: str) -> None:
     if '://' in dest:
         raise ValueError(f'{dest!r}: only gs:// URLs and local folders are '
                          'supported')
+    if os.path.exists(dest) and not os.path.isdir(dest):
+        raise ValueError(f'{dest} exists and is not a folder')
     mirror, source = os.path.realpath(dest), os.path.realpath(workdir)
     if (mirror == source or mirror.startswith(source + os.sep)
             or source.startswith(mirror + os.sep)):
@@ -51,9 +54,11 @@ def check_destination(dest: str, workdir: str) -> None:
 
 
 def copy_tree(source: str, dest: str) -> int:
-    """Copies every file under `source` into `dest` whose size or
+    """Copies every regular file under `source` into `dest` whose size or
     modification time differs there; each file is written to a temporary
-    name and renamed. Returns the number of files copied."""
+    name and renamed. Files that vanish meanwhile are skipped; other files
+    that cannot be copied are logged and skipped, so one never stops the
+    rest. Returns the number of files copied."""
     copied = 0
     for folder, _, files in os.walk(source):
         target_folder = os.path.join(dest, os.path.relpath(folder, source))
@@ -63,21 +68,23 @@ def copy_tree(source: str, dest: str) -> int:
                                                                 name)
             try:
                 st = os.stat(src)
+                if not stat.S_ISREG(st.st_mode):
+                    continue
+                try:
+                    dt = os.stat(dst)
+                    if (dt.st_size, dt.st_mtime_ns) == (st.st_size,
+                                                        st.st_mtime_ns):
+                        continue
+                except FileNotFoundError:
+                    pass
+                tmp = dst + '.mirror-tmp'
+                shutil.copy2(src, tmp)
+                os.replace(tmp, dst)
+                copied += 1
             except FileNotFoundError:  # Replaced or removed meanwhile.
                 continue
-            try:
-                dt = os.stat(dst)
-                if (dt.st_size, dt.st_mtime_ns) == (st.st_size, st.st_mtime_ns):
-                    continue
-            except FileNotFoundError:
-                pass
-            tmp = dst + '.mirror-tmp'
-            try:
-                shutil.copy2(src, tmp)
-            except FileNotFoundError:
-                continue
-            os.replace(tmp, dst)
-            copied += 1
+            except OSError as e:
+                logging.warning('Not mirrored: %s: %s', src, e)
     return copied
 
 
@@ -136,11 +143,12 @@ class Mirror:
                     gcs_command(self.workdir, self.dest), capture_output=True,
                     text=True, timeout=3600)
                 if result.returncode:
-                    raise OSError(result.stderr.strip().splitlines()[-1:]
-                                  or f'exit status {result.returncode}')
+                    raise OSError(f'gcloud exit status {result.returncode}: '
+                                  f'{result.stderr.strip()[-2000:]}')
             else:
                 copy_tree(self.workdir, self.dest)
             self.copies += 1
-        except (OSError, subprocess.SubprocessError) as e:
+        except Exception as e:  # pylint: disable=broad-except
+            # Never ends the thread: the next record tries again.
             logging.warning('Mirroring %s to %s failed (retried at the next '
                             'record): %s', self.workdir, self.dest, e)

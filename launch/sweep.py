@@ -43,6 +43,7 @@ benchmarks/search_mnist1d.py).
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
 import hashlib
@@ -180,12 +181,12 @@ def plan(gin_files: Sequence[str], bindings: Sequence[str],
     runs = [Run(run_name(a), tuple(gin_files),
                 (*bindings, *(f'{k} = {v}' for k, v in a)), a)
             for a in assignments]
-    names = [r.name for r in runs]
-    if len(set(names)) != len(names):  # Values that differ only in odd
-        runs = [dataclasses.replace(  # characters: tell them apart.
-            r, name=f'{r.name}-{hashlib.sha256(repr(r.varied).encode()).hexdigest()[:6]}')
+    # Values that differ only in characters a name drops: those runs (only
+    # those, so other runs keep their folders) get a hash of their bindings.
+    names = collections.Counter(r.name for r in runs)
+    return [r if names[r.name] == 1 else dataclasses.replace(
+        r, name=f'{r.name}-{hashlib.sha256(repr(r.varied).encode()).hexdigest()[:6]}')
             for r in runs]
-    return runs
 
 
 def check(runs: Sequence[Run]) -> None:
@@ -416,6 +417,8 @@ def main(argv: Sequence[str]) -> None:
                     tuple(FLAGS.tpu_vm_flag))
     commands = tpu.commands if tpu else local_commands
     root = os.path.abspath(FLAGS.root)
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise app.UsageError(f'--root={FLAGS.root} is not a folder')
     try:
         runs = plan(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.grid, FLAGS.zip)
         check(runs)

@@ -1,5 +1,6 @@
 """Smoke tests of the real entry points, run as subprocesses with tiny budgets."""
 
+import fcntl
 import json
 import logging
 import os
@@ -141,6 +142,18 @@ def test_main_bad_usage_fails_clearly(tmp_path, args, words):
     out = run('evoprompting.main', *args)
     assert out.returncode != 0
     assert words in out.stderr
+
+
+def test_a_workdir_in_use_is_refused(tmp_path):
+    """Two searches writing one store would corrupt it."""
+    workdir = tmp_path / 'run'
+    workdir.mkdir()
+    with open(workdir / '.lock', 'w') as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        out = run('evoprompting.main', *SEARCH, f'--workdir={workdir}')
+    assert out.returncode != 0
+    assert f'another evoprompting.main is running on {workdir}' in out.stderr
+    assert not (workdir / 'candidates.jsonl').exists()
 
 
 def test_help_explains_flags():

@@ -7,9 +7,14 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 
-from evoprompting import gin_utils, store
+import pytest
+
+from evoprompting import distributed, gin_utils, store
+from evoprompting.sandbox import evaluator
+from evoprompting.tasks import mnist1d
 
 SEEDS = ('mlp', 'gru', 'greydanus_cnn')
 
@@ -94,3 +99,68 @@ def test_two_processes_record_what_one_does_and_survive_a_kill(tmp_path):
     assert len({(r, p) for r, p, _, _ in two}) == len(two)  # Each once.
     assert two == _record(tmp_path / 'one')
     assert [s for r, _, _, s in two if r == -1] == ['ok'] * len(SEEDS)
+
+
+class _KeyValueStore:
+    """The coordination service's key-value store, in memory (its two calls:
+    a set that refuses reused keys, a get that waits for a key)."""
+
+    def __init__(self):
+        self.values, self.changed = {}, threading.Condition()
+
+    def key_value_set(self, key, value):
+        with self.changed:
+            assert key not in self.values, f'ALREADY_EXISTS: {key}'
+            self.values[key] = value
+            self.changed.notify_all()
+
+    def blocking_key_value_get(self, key, timeout_ms):
+        with self.changed:
+            assert self.changed.wait_for(lambda: key in self.values,
+                                         timeout_ms / 1000)
+            return self.values[key]
+
+
+def test_host_files_land_in_each_process_own_data_folder(tmp_path):
+    service = _KeyValueStore()
+    driver = distributed.Cluster(0, 2, service)
+    other = distributed.Cluster(1, 2, service)
+    here, there = (mnist1d.Mnist1dTask(data=mnist1d.DataConfig(
+        cache_dir=str(tmp_path / name))) for name in ('here', 'there'))
+    distributed.share_host_files(driver, here)
+    distributed.share_host_files(other, there)
+    seed_file = os.path.join('mnist1d', mnist1d.PRIVATE_SEED_FILE)
+    assert ((tmp_path / 'there' / seed_file).read_text()
+            == (tmp_path / 'here' / seed_file).read_text())
+    assert os.stat(tmp_path / 'there' / seed_file).st_mode & 0o777 == 0o600
+    # Another host's own private data is an error, not silently kept.
+    (tmp_path / 'there' / seed_file).write_text('7\n')
+    service = _KeyValueStore()
+    distributed.share_host_files(distributed.Cluster(0, 2, service), here)
+    with pytest.raises(distributed.ClusterError, match='differs from process 0'):
+        distributed.share_host_files(distributed.Cluster(1, 2, service), there)
+
+
+def test_an_error_on_another_process_stops_process_0(tmp_path):
+    """serve() sends its error; process 0 raises it instead of waiting."""
+    task = mnist1d.Mnist1dTask(data=mnist1d.DataConfig(
+        cache_dir=str(tmp_path / 'cache')))
+    service = _KeyValueStore()
+    with evaluator.Sandbox(task) as local:
+        cluster = distributed.ClusterSandbox(local, distributed.Cluster(
+            0, 2, service))
+
+        class Failing:
+            def evaluate(self, *args, **kwargs):
+                raise RuntimeError('out of disk')
+
+        serving = threading.Thread(target=lambda: pytest.raises(
+            RuntimeError, distributed.serve, Failing(),
+            distributed.Cluster(1, 2, service)))
+        serving.start()
+        # Programs the validator refuses: they never reach a worker.
+        with pytest.raises(distributed.ClusterError,
+                           match='process 1: RuntimeError: out of disk'):
+            cluster.evaluate(['x = (', 'y = ('], [0, 0])
+        serving.join(timeout=30)
+        assert not serving.is_alive()

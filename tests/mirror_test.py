@@ -85,3 +85,23 @@ def test_bad_destinations_are_refused(tmp_path, dest, words):
     dest = dest.format(work=work, parent=tmp_path)
     with pytest.raises(ValueError, match=words):
         mirror.check_destination(dest, str(work))
+
+
+def test_files_that_cannot_be_copied_do_not_stop_the_others(tmp_path):
+    src, dst = tmp_path / 'work', tmp_path / 'copy'
+    src.mkdir()
+    os.mkfifo(src / 'a_fifo')
+    os.symlink('loop', src / 'loop')  # A symlink to itself.
+    os.symlink('/nonexistent', src / 'broken')
+    (src / 'z.json').write_text('{}')
+    (src / 'unreadable').write_text('secret')
+    os.chmod(src / 'unreadable', 0)
+    mirror.copy_tree(str(src), str(dst))
+    assert (dst / 'z.json').read_text() == '{}'
+    assert not (dst / 'a_fifo').exists() and not (dst / 'loop').exists()
+
+
+def test_a_destination_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / 'file').write_text('x')
+    with pytest.raises(ValueError, match='not a folder'):
+        mirror.check_destination(str(tmp_path / 'file'), str(tmp_path / 'w'))

@@ -73,8 +73,10 @@ def test_product_zip_and_names():
     long = [sweep.run_name((('X', f"'{'v' * 200}{i}'"),)) for i in (1, 2)]
     assert len(set(long)) == 2 and all(len(n) <= 100 for n in long)
     # Values that differ only in characters a name drops still get two folders.
-    twins = sweep.plan(['f.gin'], [], ["X=['a/b', 'a b']"])
-    assert len({r.name for r in twins}) == 2
+    twins = sweep.plan(['f.gin'], [], ["X=['a/b', 'a b', 'c']"])
+    assert len({r.name for r in twins}) == 3
+    # Only those get a hash: the others keep the folder they had.
+    assert twins[2].name == 'X_c' and twins[0].name.startswith('X_a_b-')
 
 
 def _sweep(*args, cwd):

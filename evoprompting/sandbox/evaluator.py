@@ -10,6 +10,7 @@ status, never an exception.
 from __future__ import annotations
 
 import sys
+import threading
 from typing import Sequence
 
 from evoprompting import devices
@@ -41,14 +42,16 @@ class Sandbox:
 
     def evaluate(self, sources: Sequence[str], seeds: Sequence[int],
                  on_result: pool.ResultCallback | None = None,
-                 build_only: bool = False) -> list[base.EvalResult]:
+                 build_only: bool = False,
+                 cancel: threading.Event | None = None
+                 ) -> list[base.EvalResult]:
         """Evaluates programs; refused ones never reach a worker.
 
         Returns results in the order of `sources`; `on_result(index, result)`
         is called in this thread as each result arrives (progress reporting).
         With `build_only` programs are validated and built (abstractly, in a
         worker like any other), not trained: `ok` results carry the
-        parameter count and no metrics.
+        parameter count and no metrics. `cancel`: see `cancel`.
         """
         results: list[base.EvalResult | None] = []
         runnable = []
@@ -70,10 +73,14 @@ class Sandbox:
 
         ran = self.pool.evaluate([sources[i] for i in runnable],
                                  [seeds[i] for i in runnable], on_result=report,
-                                 build_only=build_only)
+                                 build_only=build_only, cancel=cancel)
         for i, result in zip(runnable, ran):
             results[i] = result
         return results
+
+    def cancel(self, cancel: threading.Event) -> None:
+        """Cancels the evaluation given `cancel` (`pool.WorkerPool.cancel`)."""
+        self.pool.cancel(cancel)
 
     def close(self) -> None:
         self.pool.close()

@@ -30,6 +30,7 @@ import queue
 import select
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -118,7 +119,8 @@ class WorkerConfig:
 
 UIDS_PER_POOL = 1024  # Two per worker slot: at most 512 workers.
 _UID_BLOCKS = 1024  # Pools on one host at once.
-_UID_LOCK_DIR = os.path.join(tempfile.gettempdir(), 'evoprompting-sandbox-uids')
+# Root's alone (checked): not under a world-writable /tmp, not per $TMPDIR.
+_UID_LOCK_DIR = '/run/evoprompting-sandbox-uids'
 
 
 def claim_uid_block(first: int) -> tuple[int, int]:
@@ -130,10 +132,15 @@ def claim_uid_block(first: int) -> tuple[int, int]:
     releases when the holder exits, however it ends.
     """
     os.makedirs(_UID_LOCK_DIR, mode=0o700, exist_ok=True)
+    st = os.lstat(_UID_LOCK_DIR)
+    if (not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid()
+            or st.st_mode & 0o022):
+        raise RuntimeError(f'{_UID_LOCK_DIR} must be a folder of this user '
+                           'that nobody else can write')
     for block in range(_UID_BLOCKS):
         start = first + block * UIDS_PER_POOL
         fd = os.open(os.path.join(_UID_LOCK_DIR, str(start)),
-                     os.O_RDWR | os.O_CREAT, 0o600)
+                     os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -585,8 +592,9 @@ class WorkerPool:
                 worker.kill()
             self._slots.put((slot, spare))
 
-    def _cancel(self, cancel: threading.Event) -> None:
-        """No program starts after this; running ones are killed."""
+    def cancel(self, cancel: threading.Event) -> None:
+        """Cancels the evaluation given `cancel`: no program of it starts
+        after this, running ones are killed (safe from any thread)."""
         with self._lock:
             cancel.set()
             for worker in self._running:
@@ -594,7 +602,9 @@ class WorkerPool:
 
     def evaluate(self, sources: Sequence[str], seeds: Sequence[int],
                  on_result: ResultCallback | None = None,
-                 build_only: bool = False) -> list[base.EvalResult]:
+                 build_only: bool = False,
+                 cancel: threading.Event | None = None
+                 ) -> list[base.EvalResult]:
         """Runs programs on the workers; results in the order of `sources`.
         With `build_only` each is only built: `ok` results carry the
         parameter count and no metrics.
@@ -602,13 +612,15 @@ class WorkerPool:
         `on_result(index, result)` is called in this thread as results arrive.
         If this thread is interrupted (Ctrl-C: KeyboardInterrupt) or
         `on_result` raises, queued programs are cancelled and running ones
-        killed at once; their results are never reported.
+        killed at once; their results are never reported. Another thread
+        can do the same with `cancel(event)` for the `cancel` event given
+        here; the results of cancelled programs are then None.
         """
         if len(sources) != len(seeds):
             raise ValueError('one seed per source')
         results: list[base.EvalResult | None] = [None] * len(sources)
         ex = concurrent.futures.ThreadPoolExecutor(self.num_workers)
-        cancel = threading.Event()
+        cancel = cancel or threading.Event()
         futures = {ex.submit(self.run_one, s, k, cancel, build_only): i
                    for i, (s, k) in enumerate(zip(sources, seeds))}
         try:
@@ -620,7 +632,7 @@ class WorkerPool:
         except BaseException:
             for future in futures:
                 future.cancel()
-            self._cancel(cancel)
+            self.cancel(cancel)
             raise
         finally:
             ex.shutdown(wait=True)

@@ -294,7 +294,9 @@ class Task(Protocol):
     def host_files(self) -> dict[str, str]:
         """Trusted files (path -> text) that every process of a multi-process
         search must hold alike and workers must not see, such as a private
-        generator seed: process 0 sends its own (`distributed`)."""
+        generator seed: process 0 sends its own (`distributed`). Paths are
+        relative to the first of `private_paths()`, the task's data folder,
+        which may lie elsewhere on another host."""
 
     def prepare(self) -> None:
         """Generates or loads the data. The trusted parent only."""

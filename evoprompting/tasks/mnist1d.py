@@ -264,7 +264,8 @@ class Mnist1dTask:
         if self.data.generator_seed is not None:
             return {}
         path = os.path.join(self.data.folder, PRIVATE_SEED_FILE)
-        return {path: f'{private_seed(self.data.folder)}\n'}
+        return {os.path.relpath(path, self.private_paths()[0]):
+                f'{private_seed(self.data.folder)}\n'}
 
     def prepare(self) -> None:
         load_splits(self.data)
