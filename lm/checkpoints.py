@@ -55,10 +55,18 @@ class CheckpointManager:
 
     def __init__(self, directory: str, *, max_to_keep: int | None = None):
         self.directory = os.path.abspath(directory)
+        # This process's own checkpoints: the LM runs in one process (in a
+        # multi-process search, process 0), so orbax must not wait for the
+        # others at its barriers.
+        this_process = jax.process_index()
+        os.makedirs(self.directory, exist_ok=True)  # (orbax's `create` syncs.)
         self._manager = ocp.CheckpointManager(
             self.directory, options=ocp.CheckpointManagerOptions(
-                max_to_keep=max_to_keep, create=True,
-                enable_async_checkpointing=False),
+                max_to_keep=max_to_keep, create=False,
+                enable_async_checkpointing=False,
+                multiprocessing_options=ocp.options.MultiprocessingOptions(
+                    primary_host=this_process,
+                    active_processes={this_process})),
             item_handlers=ocp.StandardCheckpointHandler())
 
     def steps(self) -> list[int]:
@@ -69,6 +77,9 @@ class CheckpointManager:
         """Writes `tree` as checkpoint `step`, replacing one of that step."""
         if step in self._manager.all_steps():
             self._manager.delete(step)
+        # As host numpy arrays: in a multi-process run orbax refuses arrays
+        # that live on one process's devices only.
+        tree = jax.device_get(tree)
         self._manager.save(step, args=ocp.args.StandardSave(tree))
         self._manager.wait_until_finished()
 
