@@ -156,6 +156,17 @@ def test_a_workdir_in_use_is_refused(tmp_path):
     assert not (workdir / 'candidates.jsonl').exists()
 
 
+def test_a_seeds_folder_in_the_working_folder_is_named_not_mistaken(tmp_path):
+    """A user's own `seeds/` folder where they run the binary would hide the
+    project's seeds package; the error says so."""
+    (tmp_path / 'seeds').mkdir()
+    out = run('evoprompting.main', '--gin_file=gin/mnist1d/quick.gin',
+              f'--workdir={tmp_path / "run"}', cwd=tmp_path)
+    assert out.returncode != 0
+    assert (f"the project's `seeds` package is hidden by a folder named "
+            f"seeds in {tmp_path / 'seeds'}") in out.stderr
+
+
 def test_help_explains_flags():
     for module in ('evoprompting.main', 'evoprompting.evaluate'):
         out = run(module, '--help')  # absl exits 1 after printing help.
