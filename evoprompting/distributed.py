@@ -47,17 +47,31 @@ class ClusterError(RuntimeError):
     """The processes of a search disagree, or process 0 failed."""
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class Cluster:
-    """This process's place among the search's processes."""
+    """This process's place among the search's processes, and (process 0)
+    how many batches it has sent and whether it has told the others to
+    stop."""
 
     process_id: int
     num_processes: int
     client: Any  # JAX's coordination service client (key-value store).
+    batches: int = 0
+    stopped: bool = False
 
     @property
     def is_driver(self) -> bool:
         return self.process_id == 0
+
+    def stop_others(self, error: str = '') -> None:
+        """Process 0: tells every other process to stop, with `error` (they
+        exit with it) or without (the search is done). Once; a no-op
+        elsewhere."""
+        if not self.is_driver or self.stopped:
+            return
+        self.stopped = True
+        for p in range(1, self.num_processes):
+            self.send(f'work/{self.batches}/{p}', {_STOP: error or True})
 
     def send(self, key: str, value: Any) -> None:
         self.client.key_value_set(key, json.dumps(value))
@@ -130,14 +144,13 @@ class ClusterSandbox:
 
     def __init__(self, local: Any, cluster: Cluster):
         self.local, self.cluster = local, cluster
-        self._batches = 0
 
     def evaluate(self, sources: Sequence[str], seeds: Sequence[int],
                  on_result: Callable[[int, base.EvalResult], None] | None = None,
                  build_only: bool = False) -> list[base.EvalResult]:
         """As `evaluator.Sandbox.evaluate`; `on_result` is called in this
         thread as results arrive from any process."""
-        n, self._batches = self._batches, self._batches + 1
+        n, self.cluster.batches = self.cluster.batches, self.cluster.batches + 1
         count = self.cluster.num_processes
         shares = [list(range(p, len(sources), count)) for p in range(count)]
         for p in range(1, count):
@@ -194,9 +207,7 @@ class ClusterSandbox:
 
     def close(self, error: str = '') -> None:
         """Tells every other process to stop, then closes the local sandbox."""
-        for p in range(1, self.cluster.num_processes):
-            self.cluster.send(f'work/{self._batches}/{p}',
-                              {_STOP: error or True})
+        self.cluster.stop_others(error)
         self.local.close()
 
     def __enter__(self) -> ClusterSandbox:

@@ -186,6 +186,20 @@ def _lock_workdir(workdir: str) -> int:
 
 
 @contextlib.contextmanager
+def _others_stop_on_error(cluster: distributed.Cluster | None
+                          ) -> Iterator[None]:
+    """Process 0 of several: whatever ends its search early (a refused
+    workdir or configuration, an LM that does not load, Ctrl-C), the other
+    processes stop with its message instead of waiting for work."""
+    try:
+        yield
+    except BaseException as e:
+        if cluster is not None:
+            cluster.stop_others(f'{type(e).__name__}: {e}')
+        raise
+
+
+@contextlib.contextmanager
 def _workdir_mirror() -> Iterator[Callable[[], None]]:
     """Yields what to call after each write to the workdir: a request for a
     --mirror_to copy (the last copy is made on the way out, also after an
@@ -233,20 +247,21 @@ def main(argv):
         if cluster is not None and not cluster.is_driver:
             gin_utils.call(search.run, workdir=FLAGS.workdir, cluster=cluster)
             return
-        _lock_workdir(FLAGS.workdir)  # Held until this process exits.
-        sandbox = isolation.detect(require_os_sandbox=False)
-        print(devices.describe(plan, host), flush=True)
-        print(f'Sandbox isolation: {sandbox.level} ({sandbox.detail})',
-              flush=True)
-        write_run_record(FLAGS.workdir,
-                         allow_config_change=FLAGS.allow_config_change,
-                         extra={'device_plan': devices.plan_to_json(plan, host),
-                                'isolation': sandbox.to_json()})
-        logging.info('Config written to %s', FLAGS.workdir)
-        with _workdir_mirror() as on_change:
-            gin_utils.call(search.run, workdir=FLAGS.workdir,
-                           allow_config_change=FLAGS.allow_config_change,
-                           on_change=on_change, cluster=cluster)
+        with _others_stop_on_error(cluster):
+            _lock_workdir(FLAGS.workdir)  # Held until this process exits.
+            sandbox = isolation.detect(require_os_sandbox=False)
+            print(devices.describe(plan, host), flush=True)
+            print(f'Sandbox isolation: {sandbox.level} ({sandbox.detail})',
+                  flush=True)
+            write_run_record(
+                FLAGS.workdir, allow_config_change=FLAGS.allow_config_change,
+                extra={'device_plan': devices.plan_to_json(plan, host),
+                       'isolation': sandbox.to_json()})
+            logging.info('Config written to %s', FLAGS.workdir)
+            with _workdir_mirror() as on_change:
+                gin_utils.call(search.run, workdir=FLAGS.workdir,
+                               allow_config_change=FLAGS.allow_config_change,
+                               on_change=on_change, cluster=cluster)
     except (gin_utils.GinConfigError, ConfigChanged, search.SearchError,
             devices.PlanError, isolation.IsolationError,
             store.StoreFormatError, distributed.ClusterError,

@@ -2,6 +2,7 @@
 one process records, a killed process stops the other with an error, and the
 same command resumes and finishes."""
 
+import fcntl
 import os
 import shutil
 import socket
@@ -108,6 +109,23 @@ def test_two_processes_record_what_one_does_and_survive_a_kill(tmp_path):
     assert sum(s == 'ok' for r, _, _, s in two if r >= 0) >= 2
 
 
+def test_process_0_failing_before_any_work_stops_the_others_with_its_error(
+        tmp_path):
+    """Here its workdir is in use: process 1 exits with that message at
+    once, not by a heartbeat abort."""
+    workdir = tmp_path / 'busy'
+    workdir.mkdir()
+    args = _args(workdir, tmp_path / 'unused')
+    with open(workdir / '.lock', 'w') as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        codes, out = _two_processes(args, tmp_path, 'busy')
+    other = (tmp_path / 'busy.p1.log').read_text()
+    assert codes == [1, 1], out[-2000:] + other[-2000:]
+    assert 'another evoprompting.main is running on' in out
+    assert ('error: process 0 stopped: WorkdirBusy: another evoprompting.main '
+            'is running on') in other
+
+
 class _KeyValueStore:
     """The coordination service's key-value store, in memory (its two calls:
     a set that refuses reused keys, a get that waits for a key)."""
@@ -146,6 +164,16 @@ def test_host_files_land_in_each_process_own_data_folder(tmp_path):
     distributed.share_host_files(distributed.Cluster(0, 2, service), here)
     with pytest.raises(distributed.ClusterError, match='differs from process 0'):
         distributed.share_host_files(distributed.Cluster(1, 2, service), there)
+
+
+def test_stop_others_is_sent_once():
+    service = _KeyValueStore()
+    driver = distributed.Cluster(0, 2, service)
+    driver.stop_others('KeyboardInterrupt: ')
+    driver.stop_others('again')  # A second stop (the sandbox's) is a no-op.
+    with pytest.raises(distributed.ClusterError,
+                       match='process 0 stopped: KeyboardInterrupt'):
+        distributed.serve(None, distributed.Cluster(1, 2, service))
 
 
 def test_an_error_on_another_process_stops_process_0(tmp_path):
