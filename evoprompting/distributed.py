@@ -35,6 +35,7 @@ from typing import Any, Callable, Sequence
 from absl import logging
 import jax
 
+from evoprompting import paths
 from evoprompting.tasks import base
 
 # A result can take as long as a child's training; a dead peer is caught by
@@ -118,23 +119,10 @@ def share_host_files(cluster: Cluster, task: base.Task) -> None:
     for name, text in cluster.receive(f'host_files/{cluster.process_id}'
                                       ).items():
         path = os.path.join(folder, name)
-        if not os.path.exists(path):
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = f'{path}.{os.getpid()}.tmp'
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, 'w', encoding='utf-8') as f:
-                f.write(text)
-            try:
-                os.link(tmp, path)  # Atomic; a racing process may win.
-            except FileExistsError:
-                pass
-            finally:
-                os.remove(tmp)
-        with open(path, encoding='utf-8') as f:
-            if f.read() != text:
-                raise ClusterError(
-                    f'{path} differs from process 0\'s; a multi-process '
-                    'search needs the same private data on every host')
+        if paths.write_once(path, text) != text:
+            raise ClusterError(
+                f'{path} differs from process 0\'s; a multi-process search '
+                'needs the same private data on every host')
 
 
 class ClusterSandbox:

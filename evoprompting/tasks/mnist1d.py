@@ -38,6 +38,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from evoprompting import paths
 from evoprompting.paths import default_cache_dir
 from evoprompting.tasks import base
 from seeds import read_seeds
@@ -154,21 +155,9 @@ def private_seed(folder: str) -> int:
     and read back by every later run, so searches and resumes on this machine
     see the same data. The folder is among the task's `private_paths`.
     """
-    path = os.path.join(folder, PRIVATE_SEED_FILE)
-    if not os.path.exists(path):
-        os.makedirs(folder, exist_ok=True)
-        tmp = f'{path}.{os.getpid()}.tmp'
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, 'w') as f:
-            f.write(f'{int.from_bytes(os.urandom(4), "little")}\n')
-        try:
-            os.link(tmp, path)  # Atomic; the first of racing processes wins.
-        except FileExistsError:
-            pass
-        finally:
-            os.remove(tmp)
-    with open(path, encoding='ascii') as f:
-        return int(f.read())
+    return int(paths.write_once(
+        os.path.join(folder, PRIVATE_SEED_FILE),
+        f'{int.from_bytes(os.urandom(4), "little")}\n'))
 
 
 def generate_arrays(config: DataConfig) -> dict[str, np.ndarray]:
