@@ -1,19 +1,22 @@
 """AST-level mutation and crossover of model programs, without an LM.
 
 The variation operators of the regularized-evolution baseline (Real et al.,
-2019), and of the synthetic episodes the default LM learns from. A program is
-a `class Model(nn.Module)` whose `__call__` body is a list of statements;
-operators act on that body and on the literal arguments of layer calls:
+2019), and of the synthetic episodes the default LM learns from. A program
+has an *entry function*: the `__call__` of its `class Model(nn.Module)`
+(MNIST-1D) or its top-level `get_triplet_msgs` (CLRS), whose body is a list of
+statements; operators act on that body and on the literal arguments of layer
+calls:
 
   * `resize`: scale one integer literal argument of a call (features, kernel
     size, strides, window shapes) by a random factor;
   * `swap_activation`: replace one activation function by another;
-  * `duplicate`: repeat one statement of `__call__` (deepens the network);
-  * `delete`: drop one statement of `__call__` that is not the return;
-  * `crossover`: the first part of one parent's `__call__` body followed by
+  * `duplicate`: repeat one statement of the entry function (deepens the
+    network);
+  * `delete`: drop one statement of the entry function that is not the return;
+  * `crossover`: the first part of one parent's entry function followed by
     the rest of the other's (one-point crossover on statements); helpers come
     from the first parent, class fields from both;
-  * `splice`: one statement of another program's `__call__` inserted into
+  * `splice`: one statement of another program's entry function inserted into
     this one's (a layer borrowed from the other parent);
   * `reroll`: every integer literal of the layer calls and class fields
     drawn afresh (widths, kernels, strides, windows), and optionally every
@@ -40,17 +43,29 @@ SMALL_INTS = {'kernel_size': (1, 11), 'window_shape': (1, 4), 'strides': (1, 3),
 WIDTHS = (3, 300)
 
 
+# Top-level functions that are a program's entry function when it has no
+# `class Model`: the CLRS triplet-message function.
+ENTRY_FUNCTIONS = ('get_triplet_msgs',)
+
+
 class NotAModel(ValueError):
-    """The source has no `class Model` with a `__call__` method."""
+    """The source has no entry function: neither a `class Model` with a
+    `__call__` method nor a top-level function of `ENTRY_FUNCTIONS`."""
 
 
 def _call_method(tree: ast.Module) -> ast.FunctionDef:
+    """The entry function: `Model.__call__`, else a top-level function of
+    `ENTRY_FUNCTIONS`."""
     for node in tree.body:
         if isinstance(node, ast.ClassDef) and node.name == 'Model':
             for item in node.body:
                 if isinstance(item, ast.FunctionDef) and item.name == '__call__':
                     return item
-    raise NotAModel('no `class Model` with a `__call__` method')
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name in ENTRY_FUNCTIONS:
+            return node
+    raise NotAModel('no `class Model` with a `__call__` method and no '
+                    f'top-level {" or ".join(ENTRY_FUNCTIONS)} function')
 
 
 def _parse(source: str) -> tuple[ast.Module, ast.FunctionDef]:
@@ -62,8 +77,8 @@ def _parse(source: str) -> tuple[ast.Module, ast.FunctionDef]:
 
 
 def is_model(source: str) -> bool:
-    """Whether the operators apply to `source`: it parses and has a `class
-    Model` with a `__call__` method."""
+    """Whether the operators apply to `source`: it parses and has an entry
+    function (`Model.__call__` or `get_triplet_msgs`)."""
     try:
         _parse(source)
     except NotAModel:
@@ -168,8 +183,8 @@ def mutate(source: str, rng: np.random.Generator) -> tuple[str, str]:
     """One random applicable mutation. Returns (new source, mutation name).
 
     Raises:
-      NotAModel: the source has no `class Model` with `__call__`, or no
-        mutation applies to it.
+      NotAModel: the source has no entry function, or no mutation applies
+        to it.
     """
     tree, fn = _parse(source)
     for name in rng.permutation(sorted(MUTATIONS)):
@@ -179,7 +194,7 @@ def mutate(source: str, rng: np.random.Generator) -> tuple[str, str]:
 
 
 def splice(first: str, second: str, rng: np.random.Generator) -> str:
-    """`first` with one statement of `second`'s `__call__` (not its return)
+    """`first` with one statement of `second`'s entry function (not its return)
     inserted at a random place before `first`'s return.
 
     Raises:
@@ -207,7 +222,7 @@ def reroll(source: str, rng: np.random.Generator, *,
     `activations`, every activation is redrawn from `ACTIVATIONS` too.
 
     Raises:
-      NotAModel: the source has no `class Model` with `__call__`.
+      NotAModel: the source has no entry function.
     """
     tree, fn = _parse(source)
     sites = _int_sites(tree, fn)
@@ -225,17 +240,22 @@ def reroll(source: str, rng: np.random.Generator, *,
     return ast.unparse(ast.fix_missing_locations(tree)) + '\n'
 
 
-def _class_fields(tree: ast.Module) -> tuple[ast.ClassDef, dict[str, ast.stmt]]:
-    """The Model class and its field statements (`name: type = value`)."""
-    cls = next(n for n in tree.body
-               if isinstance(n, ast.ClassDef) and n.name == 'Model')
+def _class_fields(tree: ast.Module
+                  ) -> tuple[ast.ClassDef | None, dict[str, ast.stmt]]:
+    """The Model class and its field statements (`name: type = value`);
+    (None, {}) for a program without one (a triplet function)."""
+    cls = next((n for n in tree.body
+                if isinstance(n, ast.ClassDef) and n.name == 'Model'), None)
+    if cls is None:
+        return None, {}
     fields = {s.target.id: s for s in cls.body
               if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name)}
     return cls, fields
 
 
 def crossover(first: str, second: str, rng: np.random.Generator) -> str:
-    """One-point crossover of the two `__call__` bodies (see module docstring).
+    """One-point crossover of the two entry functions' bodies (see module
+    docstring).
 
     Fields of the second parent's class that the first lacks are added, so
     its statements find their `self.<field>`.
@@ -248,5 +268,6 @@ def crossover(first: str, second: str, rng: np.random.Generator) -> str:
     cls_a, fields_a = _class_fields(tree)
     _, fields_b = _class_fields(tree_b)
     missing = [f for name, f in fields_b.items() if name not in fields_a]
-    cls_a.body[:0] = missing
+    if cls_a is not None:
+        cls_a.body[:0] = missing
     return ast.unparse(ast.fix_missing_locations(tree)) + '\n'

@@ -22,12 +22,16 @@ Steps (all settings are arguments of `train`, bound by gin):
      cosine decay, gradient clipping. `train_step(state, rows, rng)` is one
      jitted pure function: step `s` draws its batch of rows with
      `fold_in(rng, s)`, so a resumed run repeats the same batches.
-  4. Every `eval_every` steps: the mean held-out loss (nats/token) over all
-     rows of the eval files, and a checkpoint (orbax's CheckpointManager,
-     `lm.checkpoints`) of the whole training state in DIR/checkpoints/<step>,
-     the last two kept; a run killed at any moment, even during a save,
-     resumes from its newest complete checkpoint when started again. Progress (step, loss, speed, ETA) goes to absl logging;
-     DIR/eval_log.jsonl keeps the curve.
+  4. Every `eval_every` steps: the mean held-out loss (nats/token) of each
+     eval file (a data source: `valid-mnist1d.txt`, `valid-clrs.txt`,
+     `valid-code.txt` for the project's corpus) and over all of them, and a
+     checkpoint (orbax's CheckpointManager, `lm.checkpoints`) of the whole
+     training state in DIR/checkpoints/<step>, the last two kept; a run
+     killed at any moment, even during a save, resumes from its newest
+     complete checkpoint when started again. Progress (step, loss, speed,
+     ETA) goes to absl logging; DIR/eval_log.jsonl keeps the curves.
+     The batch is split over the local devices (`num_devices`; on a CPU
+     host `--cpu_devices` splits the CPU), without changing the result.
   5. Export to DIR/export (`lm.checkpoints.export`): config.json, params and
      tokenizer.json, loadable by `lm.checkpoints.load_exported`.
 """
@@ -66,14 +70,16 @@ class DataConfig:
     Attributes:
       directory: the folder of the text files.
       train_files: glob (in `directory`) of training text files.
-      eval_files: glob (in `directory`) of held-out text files.
+      eval_files: glob (in `directory`) of held-out text files; each file
+        is evaluated on its own as one data source (`valid-clrs.txt` is
+        source 'clrs', `valid.txt` source 'valid').
       separator: the string that ends every document in the files.
       seq_len: tokens per training row (the model's context).
     """
 
     directory: str
     train_files: str = 'train-*.txt'
-    eval_files: str = 'valid.txt'
+    eval_files: str = 'valid*.txt'
     separator: str = '<|endoftext|>'
     seq_len: int = 1024
 
@@ -191,13 +197,22 @@ def make_optimizer(config: OptimizerConfig, num_steps: int
 
 def train_step(state: TrainState, rows: tuple[jax.Array, jax.Array],
                rng: jax.Array, *, model: model_lib.Transformer,
-               optimizer: optax.GradientTransformation,
-               batch_size: int) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimizer step on `batch_size` rows drawn with `fold_in(rng, step)`."""
+               optimizer: optax.GradientTransformation, batch_size: int,
+               batch_sharding: jax.sharding.Sharding | None = None
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer step on `batch_size` rows drawn with `fold_in(rng, step)`.
+
+    With `batch_sharding`, the drawn rows are split over its devices (data
+    parallel: each device computes its rows' gradients; XLA sums them); the
+    result does not depend on the split (up to float summation order)."""
     tokens, segment_ids = rows
     index = jax.random.randint(jax.random.fold_in(rng, state.step), (batch_size,),
                                0, tokens.shape[0])
     batch_tokens, batch_segments = tokens[index], segment_ids[index]
+    if batch_sharding is not None:
+        batch_tokens = jax.lax.with_sharding_constraint(batch_tokens, batch_sharding)
+        batch_segments = jax.lax.with_sharding_constraint(batch_segments,
+                                                          batch_sharding)
 
     def mean_loss(params):
         total, count = loss_fn(params, model, batch_tokens, batch_segments)
@@ -216,8 +231,9 @@ def _eval_batch(params, model, tokens, segment_ids):
 
 
 def evaluate(params: Any, model: model_lib.Transformer, tokens: np.ndarray,
-             segment_ids: np.ndarray, batch_size: int) -> float:
-    """Mean next-token loss (nats/token) over all rows, in fixed-size batches."""
+             segment_ids: np.ndarray, batch_size: int) -> tuple[float, float]:
+    """(summed next-token loss in nats, predicted tokens) over all rows, in
+    fixed-size batches."""
     total, count = 0.0, 0.0
     for start in range(0, len(tokens), batch_size):
         t, s = tokens[start:start + batch_size], segment_ids[start:start + batch_size]
@@ -227,7 +243,25 @@ def evaluate(params: Any, model: model_lib.Transformer, tokens: np.ndarray,
         batch_total, batch_count = _eval_batch(params, model, t, s)
         total += float(batch_total)
         count += float(batch_count)
-    return total / max(count, 1.0)
+    return total, count
+
+
+def evaluate_sources(params: Any, model: model_lib.Transformer,
+                     sources: dict[str, tuple[np.ndarray, np.ndarray]],
+                     batch_size: int) -> tuple[float, dict[str, float]]:
+    """(mean loss over all held-out tokens, mean loss of each source)."""
+    sums = {name: evaluate(params, model, *rows, batch_size)
+            for name, rows in sources.items()}
+    total = sum(t for t, _ in sums.values())
+    count = sum(c for _, c in sums.values())
+    return (total / max(count, 1.0),
+            {name: t / max(c, 1.0) for name, (t, c) in sums.items()})
+
+
+def source_name(path: str) -> str:
+    """The data source a held-out file holds: `valid-<name>.txt` -> name."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return stem[len('valid-'):] if stem.startswith('valid-') else stem
 
 
 def _tokenizer(workdir: str, documents: Sequence[str], config: TokenizerConfig,
@@ -262,7 +296,8 @@ def train(*, workdir: str, data: DataConfig, model: model_lib.TransformerConfig,
           num_steps: int, batch_size: int, tokenizer: TokenizerConfig = TokenizerConfig(),
           optimizer: OptimizerConfig = OptimizerConfig(), eval_every: int = 200,
           max_eval_rows: int = 64, log_every: int = 10, seed: int = 0,
-          serving_options: dict[str, Any] | None = None) -> dict[str, Any]:
+          serving_options: dict[str, Any] | None = None,
+          num_devices: int = 0) -> dict[str, Any]:
     """Trains (or resumes) in `workdir` and exports; returns final metrics.
 
     Args:
@@ -275,16 +310,21 @@ def train(*, workdir: str, data: DataConfig, model: model_lib.TransformerConfig,
       tokenizer: the tokenizer trained on first start.
       optimizer: AdamW settings.
       eval_every: steps between held-out evaluations and checkpoints.
-      max_eval_rows: held-out rows evaluated (the first ones), to bound the
-        time evaluation takes.
+      max_eval_rows: held-out rows evaluated (the first ones) of each
+        source, to bound the time evaluation takes.
       log_every: steps between progress lines.
       seed: seeds the tokenizer's text sample, the initialisation and the
         batches.
       serving_options: `LanguageModel` options stored with the export (e.g.
         stop strings); the loader applies them unless overridden.
+      num_devices: local devices the batch is split over (data parallel);
+        0: the most that divide `batch_size`. On a CPU host, split the CPU
+        into devices first (`--cpu_devices`). The run's result does not
+        depend on it, so a run may resume on another number of devices.
 
     Returns:
-      {'step', 'eval_loss', 'eval_perplexity', 'train_loss', 'params'}.
+      {'step', 'eval_loss', 'eval_loss_by_source', 'eval_perplexity',
+       'train_loss', 'params'}.
     """
     if model.max_len < data.seq_len:
         raise ValueError(f'model max_len {model.max_len} < seq_len {data.seq_len}')
@@ -293,16 +333,30 @@ def train(*, workdir: str, data: DataConfig, model: model_lib.TransformerConfig,
     os.makedirs(workdir, exist_ok=True)
     train_docs = read_documents(os.path.join(data.directory, data.train_files),
                                 data.separator)
-    eval_docs = read_documents(os.path.join(data.directory, data.eval_files),
-                               data.separator)
+    eval_paths = sorted(glob.glob(os.path.join(data.directory, data.eval_files)))
+    if not eval_paths:
+        raise FileNotFoundError(f'no held-out files match {data.eval_files!r} '
+                                f'in {data.directory}')
     vocab = _tokenizer(workdir, train_docs, tokenizer, np.random.default_rng(seed))
     if vocab.vocab_size > model.vocab_size:
         raise ValueError(f'the tokenizer has {vocab.vocab_size} tokens, more than '
                          f'the model\'s vocab_size {model.vocab_size}')
     train_rows = pack(train_docs, vocab, data.seq_len)
-    eval_rows = tuple(a[:max_eval_rows] for a in pack(eval_docs, vocab, data.seq_len))
-    logging.info('data: %d training rows, %d held-out rows of %d tokens',
-                 len(train_rows[0]), len(eval_rows[0]), data.seq_len + 1)
+    eval_sources = {
+        source_name(path): tuple(a[:max_eval_rows] for a in pack(
+            read_documents(path, data.separator), vocab, data.seq_len))
+        for path in eval_paths}
+    logging.info('data: %d training rows, held-out rows %s, of %d tokens',
+                 len(train_rows[0]),
+                 {k: len(v[0]) for k, v in eval_sources.items()}, data.seq_len + 1)
+    mesh = partitioning.make_mesh(num_devices or max(
+        n for n in range(1, len(jax.local_devices()) + 1) if batch_size % n == 0))
+    if batch_size % mesh.size:
+        raise ValueError(f'num_devices={mesh.size} must divide batch_size '
+                         f'{batch_size}')
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    batch_sharding = jax.sharding.NamedSharding(
+        mesh, jax.sharding.PartitionSpec(partitioning.MESH_AXES[0]))
 
     module = model_lib.Transformer(model)
     opt = make_optimizer(optimizer, num_steps)
@@ -326,12 +380,16 @@ def train(*, workdir: str, data: DataConfig, model: model_lib.TransformerConfig,
         logging.info('resumed from step %d', int(state.step))
     else:
         state = jax.jit(init_state)(init_rng)
+    state = jax.device_put(state, replicated)
     num_params = partitioning.count_params(state.params)
-    logging.info('model: %d parameters', num_params)
+    logging.info('model: %d parameters; batch split over %d device(s)',
+                 num_params, mesh.size)
 
-    step_fn = jax.jit(functools.partial(train_step, model=module, optimizer=opt,
-                                        batch_size=batch_size), donate_argnums=0)
-    device_rows = jax.device_put(train_rows)
+    step_fn = jax.jit(functools.partial(
+        train_step, model=module, optimizer=opt, batch_size=batch_size,
+        batch_sharding=batch_sharding if mesh.size > 1 else None),
+        donate_argnums=0)
+    device_rows = jax.device_put(train_rows, replicated)
     log_path = os.path.join(workdir, 'eval_log.jsonl')
     step = int(state.step)
     eval_loss = train_loss = float('nan')
@@ -345,20 +403,25 @@ def train(*, workdir: str, data: DataConfig, model: model_lib.TransformerConfig,
             logging.info('%s', _progress(step, num_steps, train_loss, seconds))
             tic, tic_step = time.time(), step
         if step % eval_every == 0 or step == num_steps:
-            eval_loss = evaluate(state.params, module, *eval_rows, batch_size)
-            logging.info('step %d: held-out loss %.4f (perplexity %.3f)', step,
-                         eval_loss, math.exp(eval_loss))
+            eval_loss, by_source = evaluate_sources(state.params, module,
+                                                    eval_sources, batch_size)
+            logging.info('step %d: held-out loss %.4f (perplexity %.3f); %s',
+                         step, eval_loss, math.exp(eval_loss),
+                         ', '.join(f'{k} {v:.4f}' for k, v in by_source.items()))
             manager.save(step, flax.serialization.to_state_dict(state))
             with open(log_path, 'a', encoding='utf-8') as f:
                 f.write(json.dumps({'step': step, 'eval_loss': eval_loss,
+                                    'eval_loss_by_source': by_source,
                                     'train_loss': float(metrics['loss']),
                                     'time': time.time()}) + '\n')
             tic, tic_step = time.time(), step
     if math.isnan(eval_loss):  # Resumed at the end: measure once more.
-        eval_loss = evaluate(state.params, module, *eval_rows, batch_size)
+        eval_loss, by_source = evaluate_sources(state.params, module,
+                                                eval_sources, batch_size)
     checkpoints.export(os.path.join(workdir, 'export'), model, state.params, vocab,
                        serving_options=serving_options or {})
     return {'step': step, 'eval_loss': eval_loss,
+            'eval_loss_by_source': by_source,
             'eval_perplexity': math.exp(eval_loss), 'train_loss': train_loss,
             'params': num_params}
 
@@ -371,11 +434,15 @@ if __name__ == '__main__':
                               'relative paths are also looked up in the repository.')
     flags.DEFINE_multi_string('gin_bindings', [], 'Gin bindings after the files.')
     flags.DEFINE_string('workdir', None, 'Run folder (created; resumed if present).')
+    flags.DEFINE_integer('cpu_devices', 0, 'On a CPU-only machine, JAX devices the '
+                         'host is split into (0: one per core); the batch is '
+                         'split over them (pretrain.train.num_devices).')
     flags.mark_flags_as_required(['gin_file', 'workdir'])
 
     def main(argv):
         if len(argv) > 1:
             raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+        partitioning.set_cpu_device_count(flags.FLAGS.cpu_devices)
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         gin.add_config_file_search_path(root)
         files = [f if os.path.isfile(f) else os.path.join(root, f)

@@ -241,20 +241,24 @@ baselines_test.probe.proposer = %PROPOSER
 
 @pytest.mark.parametrize('path', ['gin/search/regularized_evolution.gin',
                                   'gin/search/random_search.gin'])
-def test_a_task_without_model_seeds_is_refused_when_built(path):
-    gin_utils.parse(['gin/clrs/quick.gin', path], [], entry_config='''
+def test_a_task_without_model_seeds_is_refused_when_built(path, tmp_path):
+    (tmp_path / 'script.py').write_text('def main():\n    return 1\n')
+    gin_utils.parse(['gin/clrs/quick.gin', path],
+                    [f"task.ClrsTask.seeds_dir = '{tmp_path}'",
+                     'task.ClrsTask.seeds = ()'], entry_config='''
 from __gin__ import dynamic_registration
 import baselines_test
 baselines_test.probe.proposer = %PROPOSER
 ''')
-    with pytest.raises(ValueError, match=r'varies `class Model` programs.*'
-                       r'v1_standard, v3_sum_aggregation, v8_no_triplets.*LM method'):
+    with pytest.raises(ValueError, match=r'varies programs with a `class Model` '
+                       r'or a `get_triplet_msgs`.*with neither: script.*LM method'):
         gin.get_configurable(probe)()
 
 
 def test_is_model_tells_the_programs_the_operators_apply_to():
     assert all(mutation.is_model(s) for s in SEEDS)
-    assert not mutation.is_model('def get_triplet_msgs(z):\n    return z\n')
+    assert mutation.is_model('def get_triplet_msgs(z):\n    return z\n')
+    assert not mutation.is_model('def get_other_msgs(z):\n    return z\n')
     assert not mutation.is_model('class Model(nn.Module):\n    x = 1\n')
     assert not mutation.is_model('class Model(')
 

@@ -64,6 +64,7 @@ ALGORITHM = '{a}'
 """
 # lm.pretrain runs: (num_steps, model embed_dim).
 PRETRAIN_FILES = {'gin/lm/pretrain_default.gin': (700, 128),
+                  'gin/lm/pretrain_wide.gin': (1600, 128),
                   'gin/lm/pretrain_tiny.gin': (6, 32)}
 
 

@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import gin
 import jax
@@ -17,7 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def write_corpus(folder) -> None:
     rng = np.random.default_rng(0)
-    for name, count in (('train-00000.txt', 120), ('valid.txt', 8)):
+    for name, count in (('train-00000.txt', 120), ('valid-code.txt', 8)):
         docs = [f'def f{i}(x):\n    return x * {rng.integers(300)} + {i}\n'
                 for i in range(count)]
         (folder / name).write_text(''.join(d + SEPARATOR for d in docs))
@@ -58,10 +60,30 @@ def test_tiny_run_resumes_after_a_crash_and_exports(tmp_path, monkeypatch):
     corpus = tmp_path / 'corpus'
     corpus.mkdir()
     write_corpus(corpus)
+    (corpus / 'valid-prose.txt').write_text(
+        'Prose is not code at all.' + SEPARATOR + 'Neither is this.' + SEPARATOR)
     whole = run(tmp_path / 'whole', corpus)
     assert whole['step'] == 6 and np.isfinite(whole['eval_loss'])
     log = [json.loads(l) for l in (tmp_path / 'whole/eval_log.jsonl').open()]
     assert [r['step'] for r in log] == [3, 6]
+    # Each held-out file is a source; the overall loss lies between them.
+    by_source = whole['eval_loss_by_source']
+    assert sorted(by_source) == ['code', 'prose'] == sorted(log[-1]['eval_loss_by_source'])
+    assert by_source['code'] < by_source['prose']  # Trained on code only.
+    assert by_source['code'] < whole['eval_loss'] < by_source['prose']
+
+    # The same run with its batch split over two CPU devices (a process of
+    # its own: devices are fixed at start-up) ends at the same losses.
+    out = subprocess.run(
+        [sys.executable, '-m', 'lm.pretrain', '--cpu_devices=2',
+         '--gin_file=gin/lm/pretrain_tiny.gin', f'--workdir={tmp_path / "two"}',
+         f"--gin_bindings=CORPUS_DIR = '{corpus}'"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert 'batch split over 2 device(s)' in out.stderr
+    two = [json.loads(l) for l in (tmp_path / 'two/eval_log.jsonl').open()]
+    for a, b in zip(log, two):
+        np.testing.assert_allclose(a['eval_loss'], b['eval_loss'], rtol=2e-4)
 
     # Crash right after the first checkpoint, then start again: same result.
     save = checkpoints.CheckpointManager.save

@@ -30,13 +30,15 @@ Maker = Callable[[np.random.Generator], search.Proposal]
 
 
 def require_model_seeds(task: base.Task, method: str) -> None:
-    """Raises ValueError unless every seed of `task` is a `class Model`
-    program the operators apply to (`mutation.is_model`)."""
+    """Raises ValueError unless every seed of `task` is a program the
+    operators apply to (`mutation.is_model`: a `class Model` or a
+    `get_triplet_msgs` function)."""
     others = [s.name for s in task.seed_programs() if not mutation.is_model(s.source)]
     if others:
         raise ValueError(
-            f'{method} varies `class Model` programs (evoprompting/mutation.py), '
-            f'but task {task.name!r} has seeds without one: {", ".join(others)}. '
+            f'{method} varies programs with a `class Model` or a '
+            '`get_triplet_msgs` function (evoprompting/mutation.py), '
+            f'but task {task.name!r} has seeds with neither: {", ".join(others)}. '
             'Search this task with an LM method (gin/search/evoprompting.gin, '
             'naive_few_shot.gin, no_prompt_tuning.gin, random_parents.gin).')
 
