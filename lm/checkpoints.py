@@ -131,19 +131,66 @@ def _check_matches(stored: Any, expected: Any) -> None:
                              f'expected {tuple(leaf.shape)}')
 
 
+class CheckpointNotFoundError(FileNotFoundError, ValueError):
+    """A checkpoint folder or one of its files is missing.
+
+    Also a `ValueError`: the path is configuration, and the binaries report a
+    configured value that is refused as a configuration error, without a
+    traceback.
+    """
+
+
+HF_FOLDER_HINT = ('a Hugging Face checkpoint folder holds config.json, '
+                  'tokenizer.json and model.safetensors (or '
+                  'model.safetensors.index.json and its shards), as '
+                  '`hf download REPO --local-dir FOLDER` writes it '
+                  '(README: "A Hugging Face model as the LM")')
+
+
 def load_hf(path: str, *, dtype: Any = jnp.float32,
-            mesh: jax.sharding.Mesh | None = None,
+            mesh: jax.sharding.Mesh | None = None, max_len: int | None = None,
+            model_parallelism: int = 1,
             **options) -> serving.LanguageModel:
     """A Llama/Qwen2-family Hugging Face checkpoint folder, served.
 
-    Parameters go straight to their shardings on `mesh` (default:
-    `serving.default_mesh(batch_size)`); `options` are `LanguageModel` fields
-    (batch_size, stop_strings, top_k, top_p, tuning). Errors as
-    `hf_import.import_hf`.
+    Args:
+      path: the folder.
+      dtype: of parameters and activations (a dtype or its name, e.g.
+        'bfloat16').
+      mesh: parameters go straight to their shardings on it; default:
+        `serving.default_mesh(batch_size, model_parallelism=...)`.
+      max_len: the longest sequence served (soft prompt + prompt + new
+        tokens), which bounds the KV cache and the prompts; default and upper
+        limit: the checkpoint's `max_position_embeddings`.
+      model_parallelism: devices per model replica in the default mesh.
+      **options: `LanguageModel` fields (batch_size, stop_strings, top_k, top_p,
+        copy_weight, ..., tuning); the copy prior is off unless `copy_weight`
+        is given.
+
+    Raises:
+      CheckpointNotFoundError: no path (e.g. an unset gin macro), or the folder
+        or a file of it is missing.
+      ValueError: as `hf_import.import_hf`, or `max_len` beyond the
+        checkpoint's.
     """
+    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+        raise CheckpointNotFoundError(
+            'no Hugging Face checkpoint folder given (with gin/lm/hf.gin: '
+            '--gin_bindings="HF_CHECKPOINT=\'/path/to/folder\'"); '
+            + HF_FOLDER_HINT)
     mesh = mesh or serving.default_mesh(
-        options.get('batch_size', serving.LanguageModel.batch_size))
-    config, params, vocabulary = hf_import.import_hf(path, dtype=dtype, mesh=mesh)
+        options.get('batch_size', serving.LanguageModel.batch_size),
+        model_parallelism=model_parallelism)
+    try:
+        config, params, vocabulary = hf_import.import_hf(path, dtype=dtype,
+                                                         mesh=mesh)
+    except FileNotFoundError as e:
+        raise CheckpointNotFoundError(f'{e}; {HF_FOLDER_HINT}') from None
+    if max_len is not None:
+        if not 0 < max_len <= config.max_len:
+            raise ValueError(f'max_len={max_len} must be in [1, {config.max_len}] '
+                             f'(max_position_embeddings of {path})')
+        config = dataclasses.replace(config, max_len=max_len)
     return serving.LanguageModel.create(config, params, vocabulary, mesh=mesh,
                                         **options)
 

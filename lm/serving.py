@@ -45,15 +45,26 @@ def _forward(model: model_lib.Transformer, params: Any,
     return model.apply({'params': params}, tokens)
 
 
-def default_mesh(batch_size: int) -> jax.sharding.Mesh:
-    """A data-parallel mesh over the most devices that divide `batch_size`.
+def default_mesh(batch_size: int, *,
+                 model_parallelism: int = 1) -> jax.sharding.Mesh:
+    """A mesh over the most local devices whose model replicas (groups of
+    `model_parallelism` devices, along 'model') divide `batch_size` (along
+    'data').
 
     A batch that does not split evenly would leave devices computing padding
     or replicas (batch 1 over 2 CPU devices decoded 2.7x slower than on one).
+
+    Raises:
+      ValueError: fewer than `model_parallelism` local devices.
     """
-    count = max(n for n in range(1, len(jax.local_devices()) + 1)
-                if batch_size % n == 0)
-    return partitioning.make_mesh(count)
+    available = len(jax.local_devices())
+    if not 1 <= model_parallelism <= available:
+        raise ValueError(f'model_parallelism={model_parallelism} must be between '
+                         f'1 and the number of local devices ({available})')
+    count = max(n for n in range(model_parallelism, available + 1,
+                                 model_parallelism)
+                if batch_size % (n // model_parallelism) == 0)
+    return partitioning.make_mesh(count, model_parallelism=model_parallelism)
 
 
 def _place(params: Any, config: model_lib.TransformerConfig,

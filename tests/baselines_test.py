@@ -255,6 +255,32 @@ baselines_test.probe.proposer = %PROPOSER
         gin.get_configurable(probe)()
 
 
+@pytest.mark.parametrize('path', ['gin/search/regularized_evolution.gin',
+                                  'gin/search/random_search.gin'])
+def test_clrs_seeds_are_varied_as_triplet_functions(path):
+    gin_utils.parse(['gin/clrs/quick.gin', path], [], entry_config='''
+from __gin__ import dynamic_registration
+import baselines_test
+baselines_test.probe.proposer = %PROPOSER
+''')
+    proposer = gin.get_configurable(probe)()
+    seeds = proposer.task.seed_programs()
+    history = search.History.of([store.Candidate(
+        id=i, round=-1, source=s.source, parents=(), proposal=i,
+        result=base.EvalResult(base.Status.OK, '', 'hash', params=1000 * (i + 1),
+                               metrics={'val_score': 0.8, 'test_score': 0.7}))
+        for i, s in enumerate(seeds)], alpha=0.5, score_key='val_score')
+    proposals = proposer.propose(0, history, np.random.default_rng(0))
+    assert proposals
+    known = {canonical(s.source) for s in seeds}
+    for proposal in proposals:
+        assert 'def get_triplet_msgs(' in proposal.source
+        assert mutation.is_model(proposal.source)
+    # A mutation may leave a program as it was (e.g. axis=1 scaled by 0.75);
+    # the search skips such duplicates.
+    assert any(canonical(p.source) not in known for p in proposals)
+
+
 def test_is_model_tells_the_programs_the_operators_apply_to():
     assert all(mutation.is_model(s) for s in SEEDS)
     assert mutation.is_model('def get_triplet_msgs(z):\n    return z\n')

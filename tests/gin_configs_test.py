@@ -49,7 +49,7 @@ METHOD_FILES = {'gin/search/evoprompting.gin': 'evoprompting',
 # gin/devices/*.gin: tests/devices_test.py builds a plan from each.
 OTHER_FILES = {'gin/devices/cpu.gin', 'gin/devices/gpu.gin',
                'gin/devices/gpu_shared.gin', 'gin/devices/tpu.gin',
-               'gin/lm/tiny_random.gin', 'gin/lm/default.gin',
+               'gin/lm/tiny_random.gin', 'gin/lm/default.gin', 'gin/lm/hf.gin',
                'gin/mnist1d/standard_data.gin'}
 # One file per CLRS-30 algorithm, layered after a CLRS budget file.
 ALGORITHM_FILES = {f'gin/clrs/algorithms/{a}.gin': a
