@@ -135,7 +135,10 @@ def corpus_layers(corpus_dir: str) -> tuple[set[str], set[str]]:
     the corpus."""
     from evoprompting import corpus, prompts  # pylint: disable=g-import-not-at-top
     layers, programs = set(), set()
-    for path in glob.glob(os.path.join(corpus_dir, '*.txt')):
+    paths = glob.glob(os.path.join(corpus_dir, '*.txt'))
+    if not paths:
+        sys.exit(f'error: no corpus text files (*.txt) in --corpus_dir={corpus_dir}')
+    for path in paths:
         with open(path, encoding='utf-8') as f:
             for document in f.read().split(corpus.DOCUMENT_SEPARATOR):
                 for block in document.split(prompts.METRICS_HEADER)[1:]:
