@@ -224,8 +224,11 @@ def main(argv):
         if len(lm.vocab.encode(text)) > room:
             continue  # Too long for the context with room for a child.
         own = set().union(*(corpus.layer_calls(p.code) for p in pair)) - known
+        parents = {canonical(p.code) for p in pair}
+        if any(c['parents'] == parents for c in cases):
+            continue  # Each prompt has its own pair of parents.
         cases.append({'prompt': text, 'target': target.num_params, 'own': own,
-                      'parents': {canonical(p.code) for p in pair}})
+                      'parents': parents})
     if len(cases) < FLAGS.num_prompts:
         sys.exit(f'error: only {len(cases)} prompts fit the context with room for '
                  f'{FLAGS.max_new_tokens} new tokens')
