@@ -24,7 +24,9 @@ Resumable: a run whose workdir holds a finished search started by the same
 command is skipped; any other is started, and `evoprompting.main` resumes
 what it had recorded (or refuses a workdir of another configuration). With
 --parallel=N, N runs at once (each with its own sandbox workers: size the
-device plan so N fit the machine).
+device plan so N fit the machine). SIGTERM (e.g. a batch scheduler's) stops
+the sweep with its running runs and starts none after it; the same command
+resumes them.
 
 With --tpu_vm, each run goes to a Cloud TPU VM instead (`launch.tpu_vm run`,
 the VM kept between runs, its workdir mirrored to <bucket>/<name>), and its
@@ -53,11 +55,12 @@ import os
 import queue
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import threading
 import time
-from typing import Callable, Sequence
+from typing import IO, Callable, Sequence
 
 from absl import app, flags
 
@@ -274,9 +277,51 @@ def local_commands(run: Run, workdir: str, slot: int) -> list[list[str]]:
     return [run.command(workdir)]
 
 
+class Children:
+    """The sweep's running commands, and whether it is stopping.
+
+    `stop` (from a SIGTERM handler) passes the signal on to every running
+    command (`evoprompting.main` keeps what it recorded: its store is
+    written as it goes) and starts no new one, so killing the sweep leaves
+    no run behind it.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._running: set[subprocess.Popen] = set()
+        self.stopping = threading.Event()
+
+    def run(self, step: Sequence[str], log: IO[str]) -> int:
+        """Runs `step` (output to `log`); its exit code, or STOPPED if the
+        sweep is stopping."""
+        with self._lock:
+            if self.stopping.is_set():
+                return STOPPED
+            process = subprocess.Popen(step, cwd=gin_utils.REPO_ROOT, stdout=log,
+                                       stderr=subprocess.STDOUT)
+            self._running.add(process)
+        try:
+            return process.wait()
+        finally:
+            with self._lock:
+                self._running.discard(process)
+
+    def stop(self, signum: int) -> None:
+        with self._lock:
+            self.stopping.set()
+            for process in self._running:
+                process.send_signal(signum)
+
+
+# The exit code recorded for a command the stopping sweep did not start.
+STOPPED = -1
+
+
 def run_one(run: Run, root: str, say: Callable[[str], None] = print,
-            commands: Commands = local_commands, slot: int = 0) -> bool:
+            commands: Commands = local_commands, slot: int = 0,
+            children: Children | None = None) -> bool:
     """Runs, resumes or skips one run; whether it finished."""
+    children = children or Children()
     workdir = os.path.join(root, run.name)
     steps = commands(run, workdir, slot)
     argv = steps[0]
@@ -292,9 +337,7 @@ def run_one(run: Run, root: str, say: Callable[[str], None] = print,
         for step in steps:
             log.write(f'\n$ {shlex.join(step)}\n')
             log.flush()
-            code = subprocess.run(step, cwd=gin_utils.REPO_ROOT, stdout=log,
-                                  stderr=subprocess.STDOUT,
-                                  check=False).returncode
+            code = children.run(step, log)
             if code:
                 break
     seconds = time.monotonic() - start
@@ -309,9 +352,11 @@ def run_one(run: Run, root: str, say: Callable[[str], None] = print,
 
 def run_all(runs: Sequence[Run], root: str, parallel: int = 1,
             say: Callable[[str], None] = print,
-            commands: Commands = local_commands) -> list[Run]:
+            commands: Commands = local_commands,
+            children: Children | None = None) -> list[Run]:
     """Runs every run (`parallel` at once, each on a slot 0..parallel-1 of
-    its own); returns those that failed."""
+    its own); returns those that failed (or were stopped: `children`)."""
+    children = children or Children()
     lock = threading.Lock()
     slots: queue.SimpleQueue[int] = queue.SimpleQueue()
     for slot in range(parallel):
@@ -322,9 +367,11 @@ def run_all(runs: Sequence[Run], root: str, parallel: int = 1,
             say(text)
 
     def one(run: Run) -> bool:
+        if children.stopping.is_set():
+            return False
         slot = slots.get()
         try:
-            return run_one(run, root, locked_say, commands, slot)
+            return run_one(run, root, locked_say, commands, slot, children)
         finally:
             slots.put(slot)
 
@@ -434,12 +481,17 @@ def main(argv: Sequence[str]) -> None:
                 print(shlex.join(step))
         return
     print(f'{len(runs)} runs in {root}, {FLAGS.parallel} at a time', flush=True)
+    children = Children()
+    signal.signal(signal.SIGTERM, lambda signum, frame: children.stop(signum))
     failed = run_all(runs, root, FLAGS.parallel,
                      say=lambda text: print(text, flush=True),
-                     commands=commands)
+                     commands=commands, children=children)
     if tpu and not FLAGS.keep:
         for step in tpu.delete_commands(FLAGS.parallel):
             subprocess.run(step, cwd=gin_utils.REPO_ROOT, check=False)
+    if children.stopping.is_set():
+        sys.exit('Stopped (SIGTERM): the running runs were stopped with it; '
+                 'run the same command to resume them.')
     lines = table(runs, root)
     os.makedirs(root, exist_ok=True)
     with open(os.path.join(root, TABLE_FILE), 'w', encoding='utf-8') as f:

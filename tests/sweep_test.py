@@ -4,8 +4,11 @@ tabled."""
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
@@ -140,6 +143,54 @@ def test_a_two_by_two_sweep_runs_resumes_and_tables(tmp_path):
     assert again.stdout.count('finished, skipped') == 3
     assert f'{names[0]}: done' in again.stdout
     assert len(store.read_candidates(str(root / names[0]))) == 3
+
+
+def _running_mains(root) -> list[int]:
+    """Pids of evoprompting.main processes with a workdir under `root`."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir('/proc')):
+        try:
+            with open(f'/proc/{pid}/cmdline', 'rb') as f:
+                argv = f.read().decode(errors='replace').split('\0')
+        except OSError:
+            continue
+        if 'evoprompting.main' in argv and any(
+                a.startswith(f'--workdir={root}') for a in argv):
+            pids.append(int(pid))
+    return pids
+
+
+def test_sigterm_stops_the_sweep_and_its_runs(tmp_path):
+    root = tmp_path / 'sweep'
+    process = subprocess.Popen(
+        [sys.executable, '-m', 'launch.sweep', '--gin_file=gin/mnist1d/quick.gin',
+         '--gin_file=gin/lm/tiny_random.gin', '--grid=SEARCH_SEED=[0, 1, 2]',
+         f'--root={root}'], cwd=tmp_path, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not _running_mains(root):
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode != 0 and 'Stopped (SIGTERM)' in err, err
+    assert 'SEARCH_SEED_1' not in out  # No run started after the signal.
+    assert not _running_mains(root)
+
+
+def test_children_pass_a_stop_on_and_start_nothing_after_it(tmp_path):
+    children = sweep.Children()
+    codes = []
+    with open(tmp_path / 'log', 'w') as log:
+        thread = threading.Thread(target=lambda: codes.append(children.run(
+            [sys.executable, '-c', 'import time; time.sleep(60)'], log)))
+        thread.start()
+        while not children._running:  # pylint: disable=protected-access
+            time.sleep(0.01)
+        children.stop(signal.SIGTERM)
+        thread.join(timeout=10)
+        assert codes == [-signal.SIGTERM]
+        assert children.run([sys.executable, '-c', 'pass'], log) == sweep.STOPPED
 
 
 def test_tpu_vm_sweeps_hand_each_run_to_launch_tpu_vm(tmp_path):
