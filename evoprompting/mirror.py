@@ -7,9 +7,14 @@ workdir from the bucket and resumes, losing at most the children in flight.
 TensorBoard can read the bucket directly.
 
 A destination is a `gs://` URL (copied with `gcloud storage rsync
---recursive`, which uploads only what changed) or a local folder (copied
-file by file, each file replaced atomically, only files whose size or
-modification time changed; for a mounted bucket, a network disk, or tests).
+--recursive --delete-unmatched-destination-objects`, which uploads only what
+changed) or a local folder (copied file by file, each file replaced
+atomically, only files whose size or modification time changed; for a
+mounted bucket, a network disk, or tests). Either way the copy is exact:
+files the run deleted (old checkpoints, finished temporaries) are deleted
+from it. So a local folder must be new, empty, or a mirror already (it holds
+MARKER, written by the first copy): a folder of other files is refused, never
+emptied.
 
 Copies run on one background thread: requests made while a copy runs are
 coalesced into one further copy, so the search never waits for the network
@@ -33,6 +38,8 @@ import threading
 from absl import logging
 
 GCS_PREFIX = 'gs://'
+# In a local mirror: marks the folder as one, so later runs may delete in it.
+MARKER = '.evoprompting-mirror'
 
 
 def check_destination(dest: str, workdir: str) -> None:
@@ -46,6 +53,11 @@ def check_destination(dest: str, workdir: str) -> None:
                          'supported')
     if os.path.exists(dest) and not os.path.isdir(dest):
         raise ValueError(f'{dest} exists and is not a folder')
+    if (os.path.isdir(dest) and os.listdir(dest)
+            and not os.path.exists(os.path.join(dest, MARKER))):
+        raise ValueError(f'{dest} holds files and is not a mirror (no '
+                         f'{MARKER}); the mirror deletes what the workdir '
+                         'does not hold, so give a new or empty folder')
     mirror, source = os.path.realpath(dest), os.path.realpath(workdir)
     if (mirror == source or mirror.startswith(source + os.sep)
             or source.startswith(mirror + os.sep)):
@@ -58,7 +70,11 @@ def copy_tree(source: str, dest: str) -> int:
     modification time differs there; each file is written to a temporary
     name and renamed. Files that vanish meanwhile are skipped; other files
     that cannot be copied are logged and skipped, so one never stops the
-    rest. Returns the number of files copied."""
+    rest. Then deletes from `dest` the files and folders `source` does not
+    hold (except MARKER, written first). Returns the number of files copied."""
+    os.makedirs(dest, exist_ok=True)
+    with open(os.path.join(dest, MARKER), 'a', encoding='utf-8'):
+        pass
     copied = 0
     for folder, _, files in os.walk(source):
         target_folder = os.path.join(dest, os.path.relpath(folder, source))
@@ -85,12 +101,36 @@ def copy_tree(source: str, dest: str) -> int:
                 continue
             except OSError as e:
                 logging.warning('Not mirrored: %s: %s', src, e)
+    _delete_unmatched(source, dest)
     return copied
+
+
+def _delete_unmatched(source: str, dest: str) -> None:
+    """Deletes what `dest` holds and `source` does not (see copy_tree)."""
+    for folder, folders, files in os.walk(dest, topdown=False):
+        relative = os.path.relpath(folder, dest)
+        for name in files:
+            if relative == '.' and name == MARKER:
+                continue
+            if not os.path.lexists(os.path.join(source, relative, name)):
+                try:
+                    os.remove(os.path.join(folder, name))
+                except OSError as e:
+                    logging.warning('Not deleted from the mirror: %s: %s',
+                                    os.path.join(folder, name), e)
+        for name in folders:
+            if not os.path.isdir(os.path.join(source, relative, name)):
+                try:
+                    os.rmdir(os.path.join(folder, name))  # Emptied above.
+                except OSError as e:
+                    logging.warning('Not deleted from the mirror: %s: %s',
+                                    os.path.join(folder, name), e)
 
 
 def gcs_command(source: str, dest: str) -> list[str]:
     """The command that copies folder `source` to the gs:// URL `dest`."""
-    return ['gcloud', 'storage', 'rsync', '--recursive', source, dest]
+    return ['gcloud', 'storage', 'rsync', '--recursive',
+            '--delete-unmatched-destination-objects', source, dest]
 
 
 class Mirror:

@@ -12,7 +12,8 @@ from evoprompting import mirror
 def _files(folder):
     return {os.path.relpath(os.path.join(d, f), folder):
             open(os.path.join(d, f), 'rb').read()
-            for d, _, names in os.walk(folder) for f in names}
+            for d, _, names in os.walk(folder) for f in names
+            if f != mirror.MARKER}
 
 
 def test_copy_tree_copies_what_changed_and_nothing_else(tmp_path):
@@ -28,6 +29,28 @@ def test_copy_tree_copies_what_changed_and_nothing_else(tmp_path):
     assert mirror.copy_tree(str(src), str(dst)) == 1
     assert _files(dst) == _files(src)
     assert not any(n.endswith('.mirror-tmp') for n in _files(dst))
+
+
+def test_what_the_run_deleted_is_deleted_from_the_mirror(tmp_path):
+    src, dst = tmp_path / 'work', tmp_path / 'copy'
+    (src / 'checkpoints' / '3').mkdir(parents=True)
+    (src / 'checkpoints' / '3' / 'state').write_text('old')
+    (src / 'store.jsonl').write_text('{}\n')
+    mirror.copy_tree(str(src), str(dst))
+    assert (dst / mirror.MARKER).exists()
+    (src / 'checkpoints' / '3' / 'state').unlink()
+    (src / 'checkpoints' / '3').rmdir()
+    (src / 'checkpoints' / '4').mkdir()
+    (src / 'checkpoints' / '4' / 'state').write_text('new')
+    mirror.copy_tree(str(src), str(dst))
+    assert _files(dst) == _files(src)
+    assert not (dst / 'checkpoints' / '3').exists()
+    # A folder of other files is never a destination: it would be emptied.
+    (tmp_path / 'mine').mkdir()
+    (tmp_path / 'mine' / 'thesis.tex').write_text('x')
+    with pytest.raises(ValueError, match='is not a mirror'):
+        mirror.check_destination(str(tmp_path / 'mine'), str(src))
+    mirror.check_destination(str(dst), str(src))  # An earlier mirror is fine.
 
 
 def test_requests_coalesce_and_close_copies_the_last_state(tmp_path):
@@ -66,8 +89,9 @@ def test_gcs_destination_runs_gcloud_rsync_and_survives_failures(
         copy.request()
         time.sleep(0.5)
     calls = (tmp_path / 'gcloud.log').read_text().splitlines()
-    assert calls and set(calls) == {f'storage rsync --recursive {src} '
-                                    'gs://bucket/run'}
+    assert calls and set(calls) == {
+        'storage rsync --recursive --delete-unmatched-destination-objects '
+        f'{src} gs://bucket/run'}
     assert copy.copies == (len(calls) if exit_code == 0 else 0)
     if exit_code:  # Logged, never raised: the search goes on.
         assert 'no such bucket' in caplog.text
