@@ -36,7 +36,7 @@ import jax
 
 from evoprompting import devices, distributed, gin_utils, logs, mirror
 from evoprompting import search, store
-from evoprompting.sandbox import isolation
+from evoprompting.sandbox import evaluator, isolation
 from lm import partitioning
 
 FLAGS = flags.FLAGS
@@ -242,10 +242,13 @@ def main(argv):
             print(f'Process {cluster.process_id} of {cluster.num_processes}'
                   + (': drives the search' if cluster.is_driver else
                      ': evaluates for process 0'), flush=True)
+            # The evaluating side's bindings only (the sandbox's task):
+            # search.run's would build the proposer and load its LM.
             distributed.share_host_files(
-                cluster, gin.get_bindings(search.run)['task'])
+                cluster, gin.get_bindings(evaluator.Sandbox)['task'])
         if cluster is not None and not cluster.is_driver:
-            gin_utils.call(search.run, workdir=FLAGS.workdir, cluster=cluster)
+            with gin_utils.call(evaluator.Sandbox) as sandbox:
+                distributed.serve(sandbox, cluster)
             return
         with _others_stop_on_error(cluster):
             _lock_workdir(FLAGS.workdir)  # Held until this process exits.

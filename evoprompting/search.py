@@ -32,6 +32,9 @@ Nothing lost. Every workdir file is written durably:
     rounds/round_<t>.json          the round's proposals, written atomically
                                    before the first of them is evaluated
     state.json                     rounds completed (replaced atomically)
+    timings.jsonl                  each round's seconds proposing, evaluating
+                                   and learning (a resumed run's ETA starts
+                                   from them)
     <proposer files>               EvoPrompting's: prompts/round_<t>.json (the
                                    round's prompt texts by prompt_id) and
                                    soft_prompts/ (orbax, one per round)
@@ -42,17 +45,27 @@ without a record, and repeats an interrupted `learn`. Every random choice
 comes from `round_rng(seed, round, stage)`, and selection orders candidates
 by (round, proposal), never by completion order, so a resumed run ends with
 the same population as an uninterrupted one.
+
+The console (absl INFO lines) says what the search does when each step
+starts: a `Narrating` proposer's LM sampling and tuning are announced (and
+repeated every `HEARTBEAT_S` while they run), every evaluated child has a
+line with a bar, and the ETA of the whole search (`estimate_remaining`)
+follows each phase: evaluations left at the measured rate plus the rounds
+left to propose and learn at their measured times; unknown until measured.
 """
 
 from __future__ import annotations
 
 import ast
 import dataclasses
+import contextlib
 import json
 import os
 import textwrap
+import threading
 import time
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import (Any, Callable, Iterator, Mapping, Protocol, Sequence,
+                    runtime_checkable)
 
 from absl import logging
 import numpy as np
@@ -64,6 +77,9 @@ from evoprompting.tasks import base
 ROUNDS_DIR = 'rounds'
 # One JSON line per round run: where its wall time went (`Search.run`).
 TIMINGS_FILE = 'timings.jsonl'
+# Seconds between the lines that say a long step (LM sampling or tuning)
+# is still running.
+HEARTBEAT_S = 30.0
 SEED_ROUND = -1
 
 
@@ -243,30 +259,273 @@ def _check_search_config(workdir: str, config: SearchConfig, task: base.Task,
     store.write_json_atomic(path, current)
 
 
-class _Progress:
-    """Logs evaluation progress with a rate and an ETA for the whole search."""
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """A long step of a proposer, in the console's words (see `Narrating`).
 
-    def __init__(self, total: int, done: int):
-        self.total, self.done, self.start_done = total, done, done
+    Attributes:
+      doing: what starts, e.g. 'sampling 160 children ... with the LM'.
+      done: what was done, e.g. '160 proposals sampled'; the loop adds the
+        time it took.
+    """
+
+    doing: str
+    done: str
+
+
+@runtime_checkable
+class Narrating(Protocol):
+    """Optional for a `Proposer` whose steps take long (an LM's sampling and
+    tuning): says what each step is about to do, so that the console shows
+    it when the step starts (and every `heartbeat_s` while it runs). The
+    console and the ETA take a proposer without these methods (the LM-free
+    baselines) for one whose steps are instant."""
+
+    def propose_phase(self, round_index: int) -> Phase:
+        """What `propose(round_index, ...)` will do."""
+
+    def learn_phase(self, round_index: int, history: History) -> Phase | None:
+        """What `learn(round_index, history, ...)` will do; None when it has
+        nothing to do worth announcing."""
+
+
+def read_timings(workdir: str) -> list[dict[str, Any]]:
+    """The rounds' records of TIMINGS_FILE (`Search._record_timing`), oldest
+    first; [] without the file. A line cut short by a crash is skipped."""
+    path = os.path.join(workdir, TIMINGS_FILE)
+    if not os.path.exists(path):
+        return []
+    timings = []
+    with open(path, encoding='utf-8') as f:
+        for line in f:
+            try:
+                timings.append(json.loads(line))
+            except ValueError:
+                continue
+    return timings
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimate:
+    """The time the rest of a search takes (`estimate_remaining`).
+
+    Attributes:
+      seconds: the time of the remaining work whose speed is measured.
+      unmeasured: remaining phases not measured yet ('evaluating',
+        'proposing', 'learning'); the ETA is then unknown.
+    """
+
+    seconds: float
+    unmeasured: tuple[str, ...] = ()
+
+    @property
+    def known(self) -> bool:
+        return not self.unmeasured
+
+    def __str__(self) -> str:
+        if self.known:
+            return f'ETA {duration(self.seconds)}'
+        if 'evaluating' in self.unmeasured or self.seconds <= 0:
+            return 'ETA unknown'
+        return (f'ETA unknown (> {duration(self.seconds)}; '
+                f'{" and ".join(self.unmeasured)} not timed yet)')
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def estimate_remaining(*, evaluations_done: int,
+                       evaluations_total: int | None,
+                       evaluations_per_min: float | None,
+                       rounds_to_propose: int, propose_s: Sequence[float],
+                       rounds_to_learn: int, learn_s: Sequence[float]
+                       ) -> Estimate:
+    """The rest of a search: the evaluations left at the measured rate
+    (evaluations per minute of evaluating, not of wall time), plus each round
+    left to propose and to learn at the mean time of the rounds measured
+    (`propose_s`, `learn_s`: seconds per round). A phase that remains but has
+    no measurement (no rate, no round measured, `evaluations_total` None) is
+    named in `unmeasured`, never guessed."""
+    seconds, unmeasured = 0.0, []
+    left = (None if evaluations_total is None
+            else max(0, evaluations_total - evaluations_done))
+    if left is None or (left and not evaluations_per_min):
+        unmeasured.append('evaluating')
+    elif left:
+        seconds += 60.0 * left / evaluations_per_min
+    for name, rounds, measured in (('proposing', rounds_to_propose, propose_s),
+                                   ('learning', rounds_to_learn, learn_s)):
+        per_round = _mean(measured)
+        if rounds > 0 and per_round is None:
+            unmeasured.append(name)
+        elif rounds > 0:
+            seconds += rounds * per_round
+    return Estimate(seconds, tuple(unmeasured))
+
+
+def plural(n: int, word: str, words: str | None = None) -> str:
+    """'1 child', '4 children'."""
+    return f'{n} {word if n == 1 else words or word + "s"}'
+
+
+def duration(seconds: float) -> str:
+    """Seconds for people: '3.2 s', '41 s', '3 min 20 s', '25 min',
+    '2 h 05 min'."""
+    seconds = max(0.0, seconds)
+    if seconds < 9.95:
+        return f'{seconds:.1f} s'
+    whole = round(seconds)
+    if whole < 60:
+        return f'{whole} s'
+    if whole < 600:
+        return f'{whole // 60} min {whole % 60:02d} s'
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f'{minutes} min'
+    return f'{minutes // 60} h {minutes % 60:02d} min'
+
+
+class _Progress:
+    """What the console shows of a search's progress: one line per
+    evaluated child (a bar, the evaluation rate, the ETA of the whole
+    search) and the ETA after each phase.
+
+    The ETA (`estimate_remaining`) counts the evaluations left at this
+    session's rate of evaluation (before its first evaluation: the rate of
+    the rounds in TIMINGS_FILE) and the rounds left to propose and to learn
+    at the mean time of the rounds measured, in TIMINGS_FILE and in this
+    session. `instant`: a proposer that does not narrate (`Narrating`) is
+    taken to propose and learn in no time until measured.
+    """
+
+    def __init__(self, *, num_rounds: int, num_seeds: int, done: int,
+                 completed_rounds: int, timings: Sequence[Mapping[str, Any]],
+                 children_per_round: int | None, instant: bool):
+        self.num_rounds, self.num_seeds = num_rounds, num_seeds
+        self.done, self.start_done = done, done
         self.start = time.monotonic()
+        self.children_per_round = children_per_round
+        self.instant = instant
+        # The next round to propose and the next to learn.
+        self.next_propose = self.next_learn = completed_rounds
+        # Seconds per round of the rounds measured; old records have no
+        # `proposed`/`learnt` and count as such.
+        self.propose_s = [t['propose_s'] for t in timings
+                          if t.get('proposed', True)]
+        self.learn_s = [t['learn_s'] for t in timings if t.get('learnt', True)]
+        recorded = [(t['evaluations'], t['evaluate_s']) for t in timings
+                    if t['evaluate_s'] > 0]
+        seconds = sum(s for _, s in recorded)
+        self.recorded_per_min = (60.0 * sum(n for n, _ in recorded) / seconds
+                                 if seconds > 0 else None)
+        # This session's evaluating: finished seconds, the running phase's
+        # start and the evaluations recorded.
+        self.evaluating_s, self.evaluating_since = 0.0, None
+        self.evaluated = 0
+
+    @property
+    def total(self) -> int | None:
+        """Evaluations of the whole search (every round proposing as many
+        children as the last one proposed); None before any round."""
+        if self.children_per_round is None:
+            return None
+        return self.num_seeds + self.children_per_round * self.num_rounds
 
     @property
     def per_minute(self) -> float:
+        """Evaluations per minute of wall time in this session."""
         elapsed = time.monotonic() - self.start
         return 60.0 * (self.done - self.start_done) / elapsed if elapsed > 0 else 0.0
 
+    @property
+    def evaluations_per_min(self) -> float | None:
+        """Evaluations per minute of evaluating: this session's, else the
+        recorded rounds'."""
+        seconds = self.evaluating_s
+        if self.evaluating_since is not None:
+            seconds += time.monotonic() - self.evaluating_since
+        if self.evaluated and seconds > 0:
+            return 60.0 * self.evaluated / seconds
+        return self.recorded_per_min
+
+    def mean_propose_s(self) -> float | None:
+        return _mean(self.propose_s)
+
+    def mean_learn_s(self) -> float | None:
+        return _mean(self.learn_s)
+
+    def estimate(self) -> Estimate:
+        assumed = [0.0] if self.instant else []
+        return estimate_remaining(
+            evaluations_done=self.done, evaluations_total=self.total,
+            evaluations_per_min=self.evaluations_per_min,
+            rounds_to_propose=self.num_rounds - self.next_propose,
+            propose_s=self.propose_s or assumed,
+            rounds_to_learn=self.num_rounds - 1 - self.next_learn,
+            learn_s=self.learn_s or assumed)
+
+    @contextlib.contextmanager
+    def evaluating(self) -> Iterator[None]:
+        """Around an evaluation phase: its time makes the rate."""
+        self.evaluating_since = time.monotonic()
+        try:
+            yield
+        finally:
+            self.evaluating_s += time.monotonic() - self.evaluating_since
+            self.evaluating_since = None
+
+    def proposed(self, round_index: int, children: int,
+                 seconds: float | None) -> None:
+        """Round `round_index` has its proposals; `seconds`: the time taken
+        to propose them, None when they were saved before a restart."""
+        self.next_propose = round_index + 1
+        self.children_per_round = children
+        if seconds is not None:
+            self.propose_s.append(seconds)
+
+    def learnt(self, round_index: int, seconds: float) -> None:
+        self.next_learn = round_index + 1
+        self.learn_s.append(seconds)
+
     def step(self, label: str, result: base.EvalResult) -> None:
         self.done += 1
-        rate = self.per_minute
-        left = self.total - self.done
-        eta = f'{left / rate:.1f} min' if rate > 0 else '?'
+        self.evaluated += 1
+        total = self.total or self.num_seeds
         width = 20
-        filled = int(width * self.done / max(self.total, 1))
-        logging.info('[%s%s] %d/%d %s: %s %s | %.1f evals/min | ETA %s',
-                     '#' * filled, '.' * (width - filled), self.done,
-                     self.total, label, result.status.value,
-                     _short(result), rate, eta)
+        filled = min(width, int(width * self.done / max(total, 1)))
+        rate = self.evaluations_per_min
+        logging.info('[%s%s] %d/%d %s: %s %s | %s evals/min | %s',
+                     '#' * filled, '.' * (width - filled), self.done, total,
+                     label, result.status.value, _short(result),
+                     '?' if rate is None else f'{rate:.1f}', self.estimate())
 
+
+@contextlib.contextmanager
+def _heartbeat(label: str, doing: str, expected_s: float | None,
+               every_s: float) -> Iterator[None]:
+    """Logs '<label>: still <doing>, 30 s so far, about 11 s left' every
+    `every_s` seconds while the block runs (`expected_s`: the time the step
+    took before, if known)."""
+    stop = threading.Event()
+    start = time.monotonic()
+
+    def beat() -> None:
+        while not stop.wait(every_s):
+            elapsed = time.monotonic() - start
+            left = (f', about {duration(expected_s - elapsed)} left'
+                    if expected_s is not None and expected_s > elapsed else '')
+            logging.info('%s: still %s, %s so far%s', label, doing,
+                         duration(elapsed), left)
+
+    thread = threading.Thread(target=beat, name='progress-heartbeat',
+                              daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 class Search:
@@ -277,10 +536,11 @@ class Search:
                  workdir: str,
                  writer: summaries.TensorBoardWriter | None = None,
                  on_change: Callable[[], None] = lambda: None,
-                 processes: int = 1):
+                 processes: int = 1, heartbeat_s: float = HEARTBEAT_S):
         """`on_change` is called after every write to the workdir (each
         recorded candidate, saved proposals, round summaries and state);
-        `processes` evaluate (see `run`), recorded with the timings."""
+        `processes` evaluate (see `run`), recorded with the timings; a
+        `Narrating` proposer's long steps log a line every `heartbeat_s`."""
         self.task = task
         self.proposer = proposer
         self.sandbox = sandbox
@@ -289,6 +549,7 @@ class Search:
         self.writer = writer
         self.on_change = on_change
         self.processes = processes
+        self.heartbeat_s = heartbeat_s
         self.store = store.CandidateStore.open(workdir)
 
     @property
@@ -340,10 +601,11 @@ class Search:
                     label += f' (duplicate of candidate {duplicate_of})'
                 progress.step(label, result)
 
-        self.sandbox.evaluate(
-            [proposals[i].source for i in to_run],
-            [self.config.training_seed] * len(to_run),
-            on_result=lambda j, result: record(to_run[j], result))
+        with progress.evaluating() if progress else contextlib.nullcontext():
+            self.sandbox.evaluate(
+                [proposals[i].source for i in to_run],
+                [self.config.training_seed] * len(to_run),
+                on_result=lambda j, result: record(to_run[j], result))
         ids = {c.proposal: c.id for c in self.store if c.round == round_index}
         for i in range(len(proposals)):
             if i in recorded or i in to_run:
@@ -353,23 +615,86 @@ class Search:
                 original = ids[twin_of_proposal[i]]
             record(i, self.store.candidates[original].result, original)
 
-    def _proposals(self, round_index: int) -> list[Proposal]:
-        """The round's proposals: saved ones, or new ones saved first."""
+    def _narrating(self) -> Narrating | None:
+        return self.proposer if isinstance(self.proposer, Narrating) else None
+
+    def _proposals(self, round_index: int,
+                   progress: _Progress) -> tuple[list[Proposal], bool]:
+        """The round's proposals: saved ones, or new ones saved first; and
+        whether they were proposed now (not saved before a restart)."""
         folder = os.path.join(self.workdir, ROUNDS_DIR)
         path = os.path.join(folder, f'round_{round_index}.json')
+        header = (f'Round {round_index} ({round_index + 1} of '
+                  f'{self.config.num_rounds})')
         if os.path.exists(path):
             with open(path, encoding='utf-8') as f:
-                return [Proposal.from_json(d) for d in json.load(f)]
+                proposals = [Proposal.from_json(d) for d in json.load(f)]
+            progress.proposed(round_index, len(proposals), None)
+            logging.info('%s: %s saved before the restart, reused; %s',
+                         header, plural(len(proposals), 'proposal'),
+                         progress.estimate())
+            return proposals, False
+        narrating = self._narrating()
+        phase = narrating.propose_phase(round_index) if narrating else None
+        if phase:
+            logging.info('%s: %s...', header, phase.doing)
         start = time.monotonic()
-        proposals = self.proposer.propose(
-            round_index, self.history,
-            round_rng(self.config.seed, round_index, 'propose'))
+        with (_heartbeat(f'Round {round_index}', phase.doing,
+                         progress.mean_propose_s(), self.heartbeat_s)
+              if phase else contextlib.nullcontext()):
+            proposals = self.proposer.propose(
+                round_index, self.history,
+                round_rng(self.config.seed, round_index, 'propose'))
+        seconds = time.monotonic() - start
         os.makedirs(folder, exist_ok=True)
         store.write_json_atomic(path, [p.to_json() for p in proposals])
         self.on_change()
-        logging.info('Round %d: %d proposals in %.1f s, saved', round_index,
-                     len(proposals), time.monotonic() - start)
-        return proposals
+        progress.proposed(round_index, len(proposals), seconds)
+        if phase:
+            each = f' ({duration(seconds / len(proposals))} each)' if proposals else ''
+            logging.info('Round %d: %s in %s%s, saved; %s', round_index,
+                         phase.done, duration(seconds), each,
+                         progress.estimate())
+        else:
+            logging.info('%s: %s from %s in %s, saved; %s', header,
+                         plural(len(proposals), 'proposal'),
+                         self.config.method, duration(seconds),
+                         progress.estimate())
+        return proposals, True
+
+    def _learn(self, round_index: int,
+               progress: _Progress) -> Mapping[str, float]:
+        """`proposer.learn` after round `round_index`, announced when the
+        proposer narrates."""
+        history = self.history
+        narrating = self._narrating()
+        phase = narrating.learn_phase(round_index, history) if narrating else None
+        if phase:
+            logging.info('Round %d: %s...', round_index, phase.doing)
+        start = time.monotonic()
+        with (_heartbeat(f'Round {round_index}', phase.doing,
+                         progress.mean_learn_s(), self.heartbeat_s)
+              if phase else contextlib.nullcontext()):
+            learnt = self.proposer.learn(
+                round_index, history,
+                round_rng(self.config.seed, round_index, 'learn'))
+        seconds = time.monotonic() - start
+        progress.learnt(round_index, seconds)
+        if phase:
+            logging.info('Round %d: %s in %s', round_index, phase.done,
+                         duration(seconds))
+        return learnt
+
+    def _children_per_round(self) -> int | None:
+        """Proposals of the latest round saved (a resumed run's guess of
+        every round's, until a round is proposed)."""
+        folder = os.path.join(self.workdir, ROUNDS_DIR)
+        for t in reversed(range(self.config.num_rounds)):
+            path = os.path.join(folder, f'round_{t}.json')
+            if os.path.exists(path):
+                with open(path, encoding='utf-8') as f:
+                    return len(json.load(f))
+        return None
 
     def run(self) -> list[store.Candidate]:
         """Runs (or resumes) the search; returns the top children, best first."""
@@ -386,11 +711,16 @@ class Search:
         if self.task.seeds_dir and not any(c.round == SEED_ROUND
                                            for c in self.store):
             check_seeds(seeds, self.task.seeds_dir, self.sandbox)
-        progress = _Progress(total=len(seeds), done=len(self.store))
+        progress = _Progress(
+            num_rounds=self.config.num_rounds, num_seeds=len(seeds),
+            done=len(self.store), completed_rounds=completed,
+            timings=read_timings(self.workdir),
+            children_per_round=self._children_per_round(),
+            instant=self._narrating() is None)
         if len(self.store):
             logging.info('Resuming %s: %d candidates recorded, %d of %d rounds '
-                         'complete', self.workdir, len(self.store), completed,
-                         self.config.num_rounds)
+                         'complete; %s', self.workdir, len(self.store),
+                         completed, self.config.num_rounds, progress.estimate())
         recorded = sum(c.round == SEED_ROUND for c in self.store)
         if recorded == len(seeds):
             logging.info('All %d seed programs of %s are recorded', len(seeds),
@@ -400,7 +730,7 @@ class Search:
                          len(seeds) - recorded, len(seeds), self.task.name)
         self.evaluate(SEED_ROUND, [Proposal(s.source) for s in seeds], progress)
         if completed == 0:
-            self._summarise(SEED_ROUND, {})
+            self._summarise(SEED_ROUND, {}, progress.estimate())
         if not any(f is not None for f in self.history.fitness):
             raise SearchError(
                 'no seed program was scored (each failed or has validation '
@@ -409,51 +739,55 @@ class Search:
         self.proposer.start(self.workdir, completed)
         for t in range(completed, self.config.num_rounds):
             round_start = time.monotonic()
-            proposals = self._proposals(t)
+            proposals, proposed_now = self._proposals(t, progress)
             proposed = time.monotonic()
-            # Assumes later rounds propose as many children as this one.
-            progress.total = len(seeds) + len(proposals) * self.config.num_rounds
             done_before = progress.done
             self.evaluate(t, proposals, progress)
             evaluated = time.monotonic()
             scalars = {'speed/evaluations_per_min': progress.per_minute,
                        'speed/round_minutes': (evaluated - round_start) / 60}
-            if t < self.config.num_rounds - 1:
-                learnt = self.proposer.learn(
-                    t, self.history, round_rng(self.config.seed, t, 'learn'))
-                scalars.update(learnt)
+            learnt = t < self.config.num_rounds - 1
+            if learnt:
+                scalars.update(self._learn(t, progress))
             self._record_timing(t, propose_s=proposed - round_start,
                                 evaluate_s=evaluated - proposed,
                                 learn_s=time.monotonic() - evaluated,
-                                evaluations=progress.done - done_before)
-            self._summarise(t, scalars)
+                                evaluations=progress.done - done_before,
+                                proposed=proposed_now, learnt=learnt)
+            self._summarise(t, scalars, progress.estimate() if learnt else None)
             store.write_state(self.workdir, {'completed_rounds': t + 1})
             self.on_change()
         return self._top()
 
-    def _record_timing(self, round_index: int, **timing: float) -> None:
+    def _record_timing(self, round_index: int, **timing: float | bool) -> None:
         """Appends where round `round_index`'s wall time went to
-        TIMINGS_FILE: sampling the LM (`propose_s`, 0 when the proposals
-        were saved before a restart), evaluating (`evaluate_s`, with the
-        number of `evaluations` recorded) and tuning the LM (`learn_s`)."""
+        TIMINGS_FILE: sampling the LM (`propose_s`, about 0 when the
+        proposals were saved before a restart: then `proposed` is false),
+        evaluating (`evaluate_s`, with the number of `evaluations` recorded)
+        and tuning the LM (`learn_s`; `learnt` is false after the last
+        round, which does not learn). A resumed run's ETA starts from them."""
         line = json.dumps({'round': round_index, **timing,
                            'processes': self.processes})
         with open(os.path.join(self.workdir, TIMINGS_FILE), 'a',
                   encoding='utf-8') as f:
             f.write(line + '\n')
 
-    def _summarise(self, round_index: int, scalars: Mapping[str, float]) -> None:
+    def _summarise(self, round_index: int, scalars: Mapping[str, float],
+                   eta: Estimate | None = None) -> None:
+        """Logs and writes the round's statistics (`eta`: of the rest of the
+        search, logged when given)."""
         stats = summaries.round_stats(
             self.store.candidates, round_index, alpha=self.config.alpha,
             reference=self.config.hypervolume_reference,
             objectives=self.task.objectives)
         logging.info(
-            '%s done: %d children, %d scored, best fitness so far %s, '
-            'hypervolume %.3f%s',
+            '%s done: %s, %d scored, best fitness so far %s, '
+            'hypervolume %.3f%s%s',
             'Seeds' if round_index == SEED_ROUND else f'Round {round_index}',
-            stats.num_children, stats.num_scored, stats.best_fitness,
+            plural(stats.num_children, 'child', 'children'), stats.num_scored, stats.best_fitness,
             stats.hypervolume_test,
-            ''.join(f', {k}={v:.3g}' for k, v in scalars.items()))
+            ''.join(f', {k}={v:.3g}' for k, v in scalars.items()),
+            '' if eta is None else f'; {eta}')
         if self.writer is not None:
             self.writer.write_round(stats, candidates=self.store.candidates,
                                     extra_scalars=scalars)
@@ -476,9 +810,9 @@ def run(*, task: base.Task, proposer: Proposer, sandbox: evaluator.Sandbox,
     """Runs or resumes a search in `workdir`; the main binary's job.
 
     `on_change` is called after every write to the workdir (see `Search`).
-    With a `cluster` of several processes, process 0 runs the search and
-    spreads evaluations over all of them; any other process only evaluates
-    its share (`distributed.serve`) and returns [].
+    With a `cluster` of several processes, this is process 0's job: it runs
+    the search and spreads evaluations over all of them (the others serve
+    their share, `distributed.serve`, and never build a proposer or LM).
 
     Takes ownership of `sandbox` (closed on return). Writes TensorBoard
     summaries to `<workdir>/tensorboard` after the seeds and after every
@@ -491,9 +825,8 @@ def run(*, task: base.Task, proposer: Proposer, sandbox: evaluator.Sandbox,
     """
     if cluster is not None:
         if not cluster.is_driver:
-            with sandbox:
-                distributed.serve(sandbox, cluster)
-            return []
+            raise ValueError(f'search.run is process 0\'s job, not process '
+                             f'{cluster.process_id}\'s (distributed.serve)')
         sandbox = distributed.ClusterSandbox(sandbox, cluster)
     os.makedirs(workdir, exist_ok=True)
     with sandbox:

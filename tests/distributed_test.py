@@ -54,11 +54,18 @@ def _start(args, process_id=None, port=None, log=None):
         text=True)
 
 
-def _two_processes(args, tmp_path, name, kill_process_1=False):
-    """Runs both processes; (return codes, process 0's output)."""
+# Process 1 with an LM that cannot load (a batch size that is no number):
+# it evaluates and never builds one.
+NO_LM = ["--gin_bindings=checkpoints.load_default.batch_size = 'no number'"]
+
+
+def _two_processes(args, tmp_path, name, kill_process_1=False, other_args=()):
+    """Runs both processes (process 1 with `other_args` too); (return codes,
+    process 0's output)."""
     port = _free_port()
     logs = [open(tmp_path / f'{name}.p{i}.log', 'w+') for i in (0, 1)]
-    procs = [_start(args, i, port, logs[i]) for i in (0, 1)]
+    procs = [_start(args + list(other_args) * i, i, port, logs[i])
+             for i in (0, 1)]
     if kill_process_1:
         # Killed once it serves, before its first result: process 0 cannot
         # finish the seeds without it.
@@ -97,7 +104,7 @@ def test_two_processes_record_what_one_does_and_survive_a_kill(tmp_path):
     assert not store.is_finished(str(tmp_path / 'two'))
 
     # The same command again resumes and finishes.
-    codes, out = _two_processes(args, tmp_path, 'resumed')
+    codes, out = _two_processes(args, tmp_path, 'resumed', other_args=NO_LM)
     assert codes == [0, 0], out[-3000:]
     assert 'Process 0 of 2: drives the search' in out
     assert store.is_finished(str(tmp_path / 'two'))
