@@ -215,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     root = os.path.abspath(args.workdir_root)
     runs = plan(args, root)
     try:
-        sweep.check(runs)
+        runs = sweep.check(runs)
     except sweep.SweepError as e:
         sys.exit(f'error: {e}')
     if args.dry_run:

@@ -63,6 +63,7 @@ import time
 from typing import IO, Callable, Sequence
 
 from absl import app, flags
+import gin
 
 from evoprompting import gin_utils, report, store
 
@@ -162,12 +163,15 @@ class Run:
       gin_files: the gin files, in order.
       bindings: every gin binding, in order (the sweep's, then the run's).
       varied: the bindings that tell this run apart, for the table.
+      config_digest: a hash of the whole parsed gin configuration (gin
+        files' contents included), so an edited gin file is a new run.
     """
 
     name: str
     gin_files: tuple[str, ...]
     bindings: tuple[str, ...]
     varied: tuple[tuple[str, str], ...] = ()
+    config_digest: str = ''  # Of the parsed configuration (`check`).
 
     def command(self, workdir: str) -> list[str]:
         """The `evoprompting.main` command of this run."""
@@ -192,42 +196,58 @@ def plan(gin_files: Sequence[str], bindings: Sequence[str],
             for r in runs]
 
 
-def check(runs: Sequence[Run]) -> None:
+def check(runs: Sequence[Run]) -> list[Run]:
     """Parses every run's gin configuration (as `evoprompting.main` does),
-    without running anything.
+    without running anything; returns the runs with their config digests.
 
     Raises:
       SweepError: naming the run and what gin could not use.
     """
+    checked = []
     for run in runs:
         try:
             gin_utils.parse(run.gin_files, run.bindings)
         except gin_utils.GinConfigError as e:
             raise SweepError(f'run {run.name}: {e}') from None
+        digest = hashlib.sha256(gin.config_str().encode()).hexdigest()
+        checked.append(dataclasses.replace(run, config_digest=digest))
+    return checked
 
 
-def is_finished(workdir: str, argv: Sequence[str]) -> bool:
-    """Whether `workdir` holds a finished search started by `argv`."""
+def _started_by(workdir: str, argv: Sequence[str], run: Run) -> dict | None:
+    """The run record in `workdir` if `argv` with `run`'s configuration made
+    it, else None."""
     try:
         with open(os.path.join(workdir, RUN_FILE), encoding='utf-8') as f:
-            if json.load(f)['argv'] != list(argv[1:]):
-                return False
-    except (OSError, ValueError, KeyError):
-        return False
-    return store.is_finished(workdir)
+            record = json.load(f)
+    except (OSError, ValueError):
+        return None
+    same = (record.get('argv') == list(argv[1:])
+            and record.get('config_digest') == run.config_digest)
+    return record if same else None
 
 
-def _record(workdir: str, argv: Sequence[str], seconds: float) -> None:
-    """Adds `seconds` to the run's wall time, under its command."""
-    path = os.path.join(workdir, RUN_FILE)
-    try:
-        with open(path, encoding='utf-8') as f:
-            previous = json.load(f)
-        wall_s = previous['wall_s'] if previous['argv'] == list(argv[1:]) else 0
-    except (OSError, ValueError, KeyError):
-        wall_s = 0
-    store.write_json_atomic(path, {'argv': list(argv[1:]),
-                                   'wall_s': wall_s + seconds})
+def is_finished(workdir: str, argv: Sequence[str], run: Run) -> bool:
+    """Whether `workdir` holds a finished search started by `argv` with the
+    gin configuration `run` has now (an edited gin file is not finished)."""
+    return (_started_by(workdir, argv, run) is not None
+            and store.is_finished(workdir))
+
+
+def _record(workdir: str, argv: Sequence[str], run: Run, seconds: float,
+            ok: bool) -> None:
+    """Adds `seconds` to the run's wall time, under its command and
+    configuration. A failed attempt with another command or configuration
+    (e.g. refused by a workdir of other settings) leaves the record of the
+    search the workdir holds as it was."""
+    previous = _started_by(workdir, argv, run)
+    if previous is None and not ok and os.path.exists(
+            os.path.join(workdir, RUN_FILE)):
+        return
+    wall_s = previous['wall_s'] if previous else 0
+    store.write_json_atomic(os.path.join(workdir, RUN_FILE), {
+        'argv': list(argv[1:]), 'config_digest': run.config_digest,
+        'wall_s': wall_s + seconds})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -325,7 +345,7 @@ def run_one(run: Run, root: str, say: Callable[[str], None] = print,
     workdir = os.path.join(root, run.name)
     steps = commands(run, workdir, slot)
     argv = steps[0]
-    if is_finished(workdir, argv):
+    if is_finished(workdir, argv, run):
         say(f'{run.name}: finished, skipped')
         return True
     os.makedirs(workdir, exist_ok=True)
@@ -341,7 +361,7 @@ def run_one(run: Run, root: str, say: Callable[[str], None] = print,
             if code:
                 break
     seconds = time.monotonic() - start
-    _record(workdir, argv, seconds)
+    _record(workdir, argv, run, seconds, ok=code == 0)
     if code != 0:
         say(f'{run.name}: FAILED (exit {code}) after {seconds / 60:.1f} min; '
             f'see {log_path}')
@@ -467,8 +487,8 @@ def main(argv: Sequence[str]) -> None:
     if os.path.exists(root) and not os.path.isdir(root):
         raise app.UsageError(f'--root={FLAGS.root} is not a folder')
     try:
-        runs = plan(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.grid, FLAGS.zip)
-        check(runs)
+        runs = check(plan(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.grid,
+                          FLAGS.zip))
     except SweepError as e:
         sys.exit(f'error: {e}')
     if FLAGS.dry_run:

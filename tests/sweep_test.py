@@ -1,6 +1,7 @@
 """launch.sweep: gin-binding grids expanded into searches, run, resumed and
 tabled."""
 
+import json
 import os
 import shlex
 import shutil
@@ -143,6 +144,21 @@ def test_a_two_by_two_sweep_runs_resumes_and_tables(tmp_path):
     assert again.stdout.count('finished, skipped') == 3
     assert f'{names[0]}: done' in again.stdout
     assert len(store.read_candidates(str(root / names[0]))) == 3
+
+    # An edited gin file is not the finished run: each is started again,
+    # and evoprompting.main refuses the workdirs of other settings; the
+    # refused attempts leave the runs' wall times as they were.
+    walls = [json.loads((root / n / sweep.RUN_FILE).read_text())['wall_s']
+             for n in names]
+    edited = tmp_path / 'edited.gin'
+    edited.write_text("include 'gin/mnist1d/quick.gin'\n"
+                      'mnist1d.TrainConfig.learning_rate = 0.5\n')
+    changed = _sweep(f'--gin_file={edited}', *args[1:], cwd=tmp_path)
+    assert changed.returncode != 0
+    assert 'finished, skipped' not in changed.stdout
+    assert changed.stdout.count('FAILED') == 4
+    assert walls == [json.loads((root / n / sweep.RUN_FILE).read_text())['wall_s']
+                     for n in names]
 
 
 def _running_mains(root) -> list[int]:
