@@ -133,6 +133,9 @@ class CrossMut:
         self.opening = task.prompt_opening
         self.soft_prompt: jax.Array | None = None
         self.workdir = ''
+        # (history, round, examples) of the last `_tuning_examples`.
+        self._examples: tuple[search.History, int,
+                              list[tuple[str, str]]] | None = None
 
     def start(self, workdir: str, completed_rounds: int) -> None:
         """Restores the soft prompt of the last completed round that has one
@@ -173,6 +176,34 @@ class CrossMut:
                               num_parents=self.config.num_parents,
                               random_parents=self.config.random_parents,
                               seed=self.seed)
+
+    def propose_phase(self, round_index: int) -> search.Phase:
+        """What `propose` does, for the console (`search.Narrating`)."""
+        del round_index
+        cfg = self.config
+        children = cfg.num_prompts * cfg.samples_per_prompt
+        tuned = ' and its tuned soft prompt' if self.soft_prompt is not None else ''
+        return search.Phase(
+            doing=(f'sampling {search.plural(children, "child", "children")}'
+                   f' of up to {cfg.max_new_tokens} tokens from '
+                   f'{search.plural(cfg.num_prompts, "prompt")} with the '
+                   f'LM{tuned}'),
+            done=f'{search.plural(children, "proposal")} sampled')
+
+    def learn_phase(self, round_index: int,
+                    history: search.History) -> search.Phase | None:
+        """What `learn` does, for the console (`search.Narrating`); None
+        when it tunes nothing."""
+        if not self.config.tune_prompt:
+            return None
+        examples = len(self._tuning_examples(round_index, history))
+        if not examples:
+            return None
+        children = search.plural(examples, 'child', 'children')
+        return search.Phase(
+            doing=(f'tuning the soft prompt on {children} '
+                   f'({search.plural(self.lm.tuning.num_epochs, "epoch")})'),
+            done=f'soft prompt tuned on {children}')
 
     def propose(self, round_index: int, history: search.History,
                 rng: np.random.Generator) -> list[search.Proposal]:
@@ -221,10 +252,15 @@ class CrossMut:
             parents=tuple(drawn[p]), prompt_id=p, temperature=temperatures[j])
             for p, row in enumerate(samples) for j, completion in enumerate(row)]
 
-    def learn(self, round_index: int, history: search.History,
-              rng: np.random.Generator) -> Mapping[str, float]:
-        if not self.config.tune_prompt:
-            return {}
+    def _tuning_examples(self, round_index: int, history: search.History
+                         ) -> list[tuple[str, str]]:
+        """(prompt, target) pairs of the round's scored children that are not
+        the next round's parents (see the module docstring). Kept for the
+        same `history` object, so that `learn_phase` and `learn` select (and
+        warn) once."""
+        if (self._examples is not None and self._examples[0] is history
+                and self._examples[1] == round_index):
+            return self._examples[2]
         next_parents = set(self._parents(history, round_index + 1))
         examples = []
         for c, f in zip(history.candidates, history.fitness):
@@ -233,6 +269,14 @@ class CrossMut:
             child = self._example(c)
             prompt = self._prompt(history, c.parents, target=child.metrics)
             examples.append((prompt, child.code[len(self.opening):]))
+        self._examples = (history, round_index, examples)
+        return examples
+
+    def learn(self, round_index: int, history: search.History,
+              rng: np.random.Generator) -> Mapping[str, float]:
+        if not self.config.tune_prompt:
+            return {}
+        examples = self._tuning_examples(round_index, history)
         if not examples:
             logging.info('Round %d: no child to tune the soft prompt on',
                          round_index)
@@ -246,8 +290,7 @@ class CrossMut:
             self.soft_prompt, examples, jax.random.key(int(rng.integers(2**31))))
         with self._soft_prompts() as saved:
             saved.save(round_index, {'soft_prompt': self.soft_prompt})
-        logging.info('Round %d: soft prompt tuned on %d children, loss per '
-                     'epoch %s', round_index, len(examples),
-                     ['%.3f' % l for l in metrics['epoch_loss']])
+        logging.info('Round %d: soft prompt loss per epoch %s', round_index,
+                     ', '.join('%.3f' % l for l in metrics['epoch_loss']))
         return {'prompt_tuning/examples': float(len(examples)),
                 'prompt_tuning/loss': float(metrics['epoch_loss'][-1])}

@@ -651,7 +651,8 @@ class Search:
         self.on_change()
         progress.proposed(round_index, len(proposals), seconds)
         if phase:
-            each = f' ({duration(seconds / len(proposals))} each)' if proposals else ''
+            each = (f' ({duration(seconds / len(proposals))} each)'
+                    if proposals else '')
             logging.info('Round %d: %s in %s%s, saved; %s', round_index,
                          phase.done, duration(seconds), each,
                          progress.estimate())
@@ -668,7 +669,8 @@ class Search:
         proposer narrates."""
         history = self.history
         narrating = self._narrating()
-        phase = narrating.learn_phase(round_index, history) if narrating else None
+        phase = (narrating.learn_phase(round_index, history) if narrating
+                 else None)
         if phase:
             logging.info('Round %d: %s...', round_index, phase.doing)
         start = time.monotonic()

@@ -4,6 +4,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 
@@ -98,6 +99,11 @@ def test_main_runs_a_search_and_records_it(tmp_path):
         'completed_rounds': 2}
     assert os.listdir(workdir / 'tensorboard')
     assert 'Seeds done' in out.stderr and 'Round 1 done' in out.stderr
+    # Each LM step is said when it starts, then with its time and the ETA.
+    assert ('Round 0 (1 of 2): sampling 4 children of up to 384 tokens from '
+            '2 prompts with the LM...') in out.stderr
+    assert re.search(r'Round 1: 4 proposals sampled in [\d.]+ s \([\d.]+ s '
+                     r'each\), saved; ETA \d', out.stderr), out.stderr
     # It ends with the best program overall and what to run next.
     assert 'Best program overall: candidate ' in out.stdout
     best = (workdir / 'best_program.py').read_text()
@@ -115,6 +121,9 @@ def test_main_runs_a_search_and_records_it(tmp_path):
     assert (workdir / 'config.previous.gin').exists()
     # The resume says what it resumes and is on record after the first start.
     assert 'Resuming ' in out.stderr and '12 candidates recorded' in out.stderr
+    # With the ETA of the rest, from the rounds' recorded timings.
+    assert re.search(r'12 candidates recorded, 2 of 3 rounds complete; ETA \d',
+                     out.stderr), out.stderr
     assert 'All 4 seed programs of mnist1d are recorded' in out.stderr
     resumed = json.loads((workdir / 'run_metadata.json').read_text())
     assert resumed['started'] == metadata['started']

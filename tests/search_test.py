@@ -3,7 +3,9 @@ real (tiny, random) served LM: records, duplicates, selection, tuning, resume.""
 
 import dataclasses
 import json
+import logging
 import os
+import re
 import subprocess
 import sys
 
@@ -60,13 +62,42 @@ def read_log(workdir):
     return store.read_candidates(str(workdir))
 
 
+def console(caplog):
+    """The search's own log lines since the last call."""
+    lines = [r.getMessage() for r in caplog.records if r.name == 'absl'
+             and r.pathname.endswith(('search.py', 'crossmut.py'))]
+    caplog.clear()
+    return lines
+
+
 def test_search_records_everything_and_resumes_without_redoing(
-        tmp_path, task, worker_config, lm):
+        tmp_path, task, worker_config, lm, caplog):
+    caplog.set_level(logging.INFO)
     # What the workdir holds each time the search says it wrote to it.
     written = []
     run(tmp_path, task, worker_config, lm,
         on_change=lambda: written.append(len(read_log(tmp_path))))
     log = read_log(tmp_path)
+    # The console says what each phase does as it starts, then its time;
+    # the ETA is unknown until a round has been timed.
+    lines = console(caplog)
+    patterns = [
+        r'Evaluating 4 of 4 seed programs of mnist1d',
+        r'\[#####\.+\] 1/4 seed 0: ok .* evals/min \| ETA unknown',
+        r'Seeds done: 4 children, .*; ETA unknown',
+        r'Round 0 \(1 of 2\): sampling 4 children of up to 24 tokens from 2 '
+        r'prompts with the LM\.\.\.',
+        r'Round 0: 4 proposals sampled in \d+(\.\d)? s \(\d+(\.\d)? s each\), '
+        r'saved; ETA unknown \(> \d.*; learning not timed yet\)',
+        r'\[#+\.+\] 5/12 round 0 child \d: .* \| ETA unknown \(> .*\)',
+        r'Round 0 done: 4 children, .*; ETA \d.*',
+        r'Round 1 \(2 of 2\): sampling 4 children .* with the LM\.\.\.',
+        r'Round 1: 4 proposals sampled in .*, saved; ETA \d.*',
+        r'\[#+\.*\] 9/12 round 1 child \d: .* \| ETA \d.*',
+        r'Round 1 done: 4 children, .*']
+    at = [next((i for i, l in enumerate(lines) if re.fullmatch(p, l)), None)
+          for p in patterns]
+    assert None not in at and at == sorted(at), (at, lines)
     # Called after every recorded candidate (a mirror copies each).
     assert set(range(1, len(log) + 1)) <= set(written)
     # Where each round's time went.
@@ -113,7 +144,12 @@ def test_search_records_everything_and_resumes_without_redoing(
     # Other settings are refused unless allowed; then the run goes on.
     with pytest.raises(search.SearchError, match='num_rounds: 2 -> 3'):
         run(tmp_path, task, worker_config, lm, rounds=3)
+    console(caplog)
     run(tmp_path, task, worker_config, lm, rounds=3, allow_config_change=True)
+    # The resumed run's ETA is known at once, from timings.jsonl.
+    assert any(re.fullmatch(r'Resuming .*: 12 candidates recorded, 2 of 3 '
+                            r'rounds complete; ETA \d.*', l)
+               for l in console(caplog))
     longer = read_log(tmp_path)
     assert len(longer) == len(log) + 4
     assert [c.to_json() for c in longer[:len(log)]] == [c.to_json() for c in log]
@@ -192,6 +228,13 @@ def test_learn_tunes_on_the_round_minus_next_parents(tmp_path, task, lm):
     proposer = crossmut.CrossMut(lm=lm, task=task, config=config)
     proposer.start(str(tmp_path), completed_rounds=0)
     assert proposer.soft_prompt is None
+    # What the console says of the steps (search.Narrating).
+    assert proposer.learn_phase(0, HISTORY) == search.Phase(
+        'tuning the soft prompt on 1 child (1 epoch)',
+        'soft prompt tuned on 1 child')
+    assert proposer.propose_phase(1) == search.Phase(
+        'sampling 4 children of up to 24 tokens from 2 prompts with the LM',
+        '4 proposals sampled')
     metrics = proposer.learn(0, HISTORY, np.random.default_rng(0))
     # Round 0's scored children are 2 and 3; 3 is round 1's parent.
     assert metrics['prompt_tuning/examples'] == 1.0
@@ -204,6 +247,8 @@ def test_learn_tunes_on_the_round_minus_next_parents(tmp_path, task, lm):
     restarted = crossmut.CrossMut(lm=lm, task=task, config=config)
     restarted.start(str(tmp_path), completed_rounds=1)
     np.testing.assert_array_equal(restarted.soft_prompt, proposer.soft_prompt)
+    assert restarted.propose_phase(1).doing.endswith(
+        'with the LM and its tuned soft prompt')
     # Proposals then sample with the soft prompt.
     proposals = restarted.propose(1, HISTORY, np.random.default_rng(1))
     assert len(proposals) == config.num_prompts * config.samples_per_prompt
@@ -219,6 +264,7 @@ def test_learn_tunes_on_the_round_minus_next_parents(tmp_path, task, lm):
     frozen = crossmut.CrossMut(lm=lm, task=task, config=crossmut.CrossMutConfig(
         tune_prompt=False))
     frozen.start(str(tmp_path / 'frozen'), completed_rounds=0)
+    assert frozen.learn_phase(0, HISTORY) is None
     assert frozen.learn(0, HISTORY, np.random.default_rng(0)) == {}
     assert not os.path.exists(tmp_path / 'frozen' / crossmut.SOFT_PROMPTS_DIR)
 
