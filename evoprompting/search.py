@@ -636,16 +636,11 @@ class Search:
             return proposals, False
         narrating = self._narrating()
         phase = narrating.propose_phase(round_index) if narrating else None
-        if phase:
-            logging.info('%s: %s...', header, phase.doing)
-        start = time.monotonic()
-        with (_heartbeat(f'Round {round_index}', phase.doing,
-                         progress.mean_propose_s(), self.heartbeat_s)
-              if phase else contextlib.nullcontext()):
-            proposals = self.proposer.propose(
+        proposals, seconds = self._timed(
+            header, round_index, phase, progress.mean_propose_s(),
+            lambda: self.proposer.propose(
                 round_index, self.history,
-                round_rng(self.config.seed, round_index, 'propose'))
-        seconds = time.monotonic() - start
+                round_rng(self.config.seed, round_index, 'propose')))
         os.makedirs(folder, exist_ok=True)
         store.write_json_atomic(path, [p.to_json() for p in proposals])
         self.on_change()
@@ -671,21 +666,30 @@ class Search:
         narrating = self._narrating()
         phase = (narrating.learn_phase(round_index, history) if narrating
                  else None)
-        if phase:
-            logging.info('Round %d: %s...', round_index, phase.doing)
-        start = time.monotonic()
-        with (_heartbeat(f'Round {round_index}', phase.doing,
-                         progress.mean_learn_s(), self.heartbeat_s)
-              if phase else contextlib.nullcontext()):
-            learnt = self.proposer.learn(
+        learnt, seconds = self._timed(
+            f'Round {round_index}', round_index, phase, progress.mean_learn_s(),
+            lambda: self.proposer.learn(
                 round_index, history,
-                round_rng(self.config.seed, round_index, 'learn'))
-        seconds = time.monotonic() - start
+                round_rng(self.config.seed, round_index, 'learn')))
         progress.learnt(round_index, seconds)
         if phase:
             logging.info('Round %d: %s in %s', round_index, phase.done,
                          duration(seconds))
         return learnt
+
+    def _timed(self, header: str, round_index: int, phase: Phase | None,
+               mean_s: float | None, step: Callable[[], Any]
+               ) -> tuple[Any, float]:
+        """(`step()`, its seconds): announced first when the proposer
+        narrates (`phase`), with a heartbeat line while it runs."""
+        if phase:
+            logging.info('%s: %s...', header, phase.doing)
+        start = time.monotonic()
+        with (_heartbeat(f'Round {round_index}', phase.doing, mean_s,
+                         self.heartbeat_s)
+              if phase else contextlib.nullcontext()):
+            result = step()
+        return result, time.monotonic() - start
 
     def _children_per_round(self) -> int | None:
         """Proposals of the latest round saved (a resumed run's guess of
