@@ -52,8 +52,26 @@ def test_pack_keeps_documents_apart():
     for row, segment in zip(tokens, segments):
         assert row[segment > 0][-1] == vocab.eos_id
     # A document's tokens then EOS; the next one is a new segment.
-    first_eos = int(np.argmax(flat_tokens == vocab.eos_id))
-    assert vocab.decode(flat_tokens[:first_eos]) == 'abc'
+    pieces = [vocab.decode(row[segment == k][:-1])
+              for row, segment in zip(tokens, segments)
+              for k in range(1, segment.max() + 1)]
+    assert sorted(pieces) == sorted(docs)  # Each fits a row: none is cut.
+
+
+def test_pack_fills_rows_best_fit_decreasing():
+    vocab = vocab_lib.train_byte_level_bpe(['abc abd ' * 20], vocab_size=300,
+                                           whole_tokens=['7'])
+    # 5, 4, 5, 4, 3 and 3 tokens with their EOS: appended in order they
+    # need 5 rows of 8; the longest first, each into the fullest row it
+    # fits, 3 full rows.
+    docs = ['abc abc abc', 'abc abc', 'abd 7', 'abc abc', 'abc', 'abc']
+    assert [len(vocab.encode(d)) + 1 for d in docs] == [5, 4, 5, 4, 3, 3]
+    tokens, segments = pretrain.pack(docs, vocab, seq_len=7)
+    assert tokens.shape == (3, 8) and (segments > 0).all()
+    pieces = sorted(vocab.decode(row[segment == k][:-1])
+                    for row, segment in zip(tokens, segments)
+                    for k in range(1, segment.max() + 1))
+    assert pieces == sorted(docs)
 
 
 def test_tiny_run_resumes_after_a_crash_and_exports(tmp_path, monkeypatch):
