@@ -1,8 +1,9 @@
-r"""Pretraining tokens/s of the default LM's recipe, by how the batch is split.
+r"""Pretraining tokens/s of the default LM's recipe, by how the batch is split,
+and how full its packed rows are.
 
     python benchmarks/pretrain_speed.py [--devices=1,2] [--steps=8] \
         [--rounds=3] [--gin_file=gin/lm/pretrain_default.gin] \
-        [--gin_bindings='SEQ_LEN = 2048']
+        [--gin_bindings='SEQ_LEN = 2048'] [--corpus_dir=DIR --tokenizer=FILE]
 
 Each setting runs `lm.pretrain.train_step` (the jitted step `python -m
 lm.pretrain` runs, with the model, batch and optimizer of the gin file) on
@@ -11,6 +12,13 @@ only at start-up), `--steps` timed steps after one warm-up step; settings
 alternate, `--rounds` times, and the median counts. Tokens/s counts every
 token of the `batch_size x (seq_len + 1)` rows. Ends with one SUMMARY line:
 the speed of each setting and their ratio to the first.
+
+With --corpus_dir (a corpus of `python -m evoprompting.corpus`) and
+--tokenizer (a run's tokenizer.json), it also packs the corpus' training
+documents as `lm.pretrain.pack` does (best-fit decreasing) and as they come
+(each appended to the last row while it fits, the packing it replaced) and
+prints the share of slots that hold tokens for each: real tokens per step
+scale with it.
 """
 
 from __future__ import annotations
@@ -33,6 +41,8 @@ flags.DEFINE_integer('rounds', 3, 'Measurements per setting (interleaved).')
 flags.DEFINE_string('gin_file', 'gin/lm/pretrain_default.gin',
                     'The pretraining recipe (model, batch, optimizer).')
 flags.DEFINE_multi_string('gin_bindings', [], 'Bindings after the gin file.')
+flags.DEFINE_string('corpus_dir', '', 'Also compare packings of this corpus.')
+flags.DEFINE_string('tokenizer', '', '--corpus_dir: the tokenizer.json to use.')
 flags.DEFINE_integer('child', 0, 'Internal: measure with this many devices.')
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -85,12 +95,55 @@ def measure(num_devices: int) -> dict[str, float]:
             'tokens_per_s': batch_size * (seq_len + 1) / seconds}
 
 
+def in_order_rows(lengths: list[int], width: int) -> int:
+    """Rows of `width` when each piece is appended to the last row while it
+    fits, else starts a new one."""
+    rows, used = 0, width
+    for n in lengths:
+        if used + n > width:
+            rows, used = rows + 1, 0
+        used += n
+    return rows
+
+
+def packing(corpus_dir: str, tokenizer: str, seq_len: int) -> str:
+    """The share of slots that hold tokens, best-fit decreasing vs in order."""
+    from lm import pretrain  # pylint: disable=g-import-not-at-top
+    from lm import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
+    vocab = vocab_lib.TokenizerVocabulary.from_file(
+        tokenizer, eos_token='<eos>', pad_token='<pad>')
+    documents = pretrain.read_documents(os.path.join(corpus_dir, 'train-*.txt'),
+                                        '<|endoftext|>')
+    width = seq_len + 1
+    lengths = [len(p) for d in documents
+               for ids in [vocab.encode(d) + [vocab.eos_id]]
+               for p in (ids[i:i + width] for i in range(0, len(ids), width))]
+    _, segments = pretrain.pack(documents, vocab, seq_len)
+    best_fit = float((segments > 0).mean())
+    in_order = sum(lengths) / (in_order_rows(lengths, width) * width)
+    return (f'packing: {best_fit:.1%} of slots hold tokens best-fit decreasing, '
+            f'{in_order:.1%} in order ({best_fit / in_order:.2f}x real tokens '
+            'per step)')
+
+
 def main(argv):
     del argv
     if FLAGS.child:
         print(json.dumps(measure(FLAGS.child)))
         return
     print(machine.describe())
+    packed = ''
+    if FLAGS.corpus_dir:
+        if not FLAGS.tokenizer:
+            raise app.UsageError('--corpus_dir needs --tokenizer')
+        import gin  # pylint: disable=g-import-not-at-top
+        gin.add_config_file_search_path(ROOT)
+        gin.parse_config_files_and_bindings(
+            [os.path.join(ROOT, FLAGS.gin_file)], FLAGS.gin_bindings)
+        packed = packing(FLAGS.corpus_dir, FLAGS.tokenizer,
+                         gin.query_parameter('%SEQ_LEN'))
+        gin.clear_config()
+        print(packed, flush=True)
     counts = [int(d) for d in FLAGS.devices]
     speeds: dict[int, list[float]] = {n: [] for n in counts}
     for r in range(FLAGS.rounds):
@@ -107,9 +160,10 @@ def main(argv):
                   f'tokens/s ({result["seconds_per_step"]:.2f} s/step)', flush=True)
     medians = {n: statistics.median(v) for n, v in speeds.items()}
     first = medians[counts[0]]
-    print('SUMMARY pretraining tokens/s (median of %d): %s' % (
+    print('SUMMARY pretraining tokens/s (median of %d): %s%s' % (
         FLAGS.rounds, ', '.join(f'{n} device(s) {m:.0f} ({m / first:.2f}x)'
-                                for n, m in medians.items())))
+                                for n, m in medians.items()),
+        f'; {packed}' if packed else ''))
 
 
 if __name__ == '__main__':
