@@ -19,6 +19,7 @@ from typing import Sequence
 import matplotlib
 
 matplotlib.use('Agg')
+from matplotlib import colors  # pylint: disable=g-import-not-at-top
 from matplotlib import figure as mpl_figure  # pylint: disable=g-import-not-at-top
 from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
 from matplotlib import ticker  # pylint: disable=g-import-not-at-top
@@ -100,17 +101,27 @@ def _new_figure(size: tuple[float, float] = (7.0, 5.0)) -> tuple[Figure, object]
     return fig, fig.add_subplot(1, 1, 1)
 
 
-def error_vs_size(groups: Sequence[PointGroup], *, title: str) -> Figure:
-    """Test error against parameters (log x), one marker set per group."""
-    fig, ax = _new_figure()
+def error_vs_size(groups: Sequence[PointGroup], *, title: str,
+                  size: tuple[float, float] = (7.0, 5.0)) -> Figure:
+    """Test error against parameters (log x), one marker set per group.
+    Rounds are coloured one colour per round, with whole-number ticks.
+    `size` in inches: a smaller figure has relatively larger text (for an
+    image that TensorBoard scales to fit a card)."""
+    fig, ax = _new_figure(size)
     for group in groups:
         if not len(group.params):
             continue
         if group.rounds is not None:
+            first, last = min(group.rounds), max(group.rounds)
+            cmap = plt.get_cmap('viridis')
+            bounds = np.arange(first - 0.5, last + 1)
+            norm = (colors.BoundaryNorm(bounds, cmap.N) if len(bounds) <= cmap.N
+                    else colors.Normalize(bounds[0], bounds[-1]))
             sc = ax.scatter(group.params, group.errors, c=group.rounds,
-                            cmap='viridis', marker=group.marker, s=28,
+                            cmap=cmap, norm=norm, marker=group.marker, s=28,
                             alpha=0.85, label=group.label, zorder=3)
-            fig.colorbar(sc, ax=ax, label='round')
+            fig.colorbar(sc, ax=ax, label='round',
+                         ticks=ticker.MaxNLocator(integer=True, min_n_ticks=1))
             line_color = 'tab:red'
         else:
             star = group.marker == '*'
@@ -140,38 +151,75 @@ def error_vs_size(groups: Sequence[PointGroup], *, title: str) -> Figure:
 
 def curves(series: Sequence[Curve], *, title: str, xlabel: str, ylabel: str,
            reference: tuple[str, float] | None = None,
-           integer_x: bool = False) -> Figure:
+           integer_x: bool = False, zoom_from: float | None = None,
+           empty_note: str = 'nothing to plot yet') -> Figure:
     """Mean lines with markers and shaded [low, high] bands on linear
     axes (a plateau reads off the tick labels); an optional labelled
     horizontal reference line (e.g. the best seed's fitness). `integer_x`:
-    ticks at whole numbers only (rounds)."""
-    fig, ax = _new_figure()
-    for s in series:
-        ax.plot(s.x, s.mean, color=s.color, label=s.label, linewidth=1.6,
-                marker='o', markersize=3 if len(s.x) > 30 else 5)
-        ax.fill_between(s.x, s.low, s.high, color=s.color, alpha=0.2,
-                        linewidth=0)
-    if reference is not None:
-        ax.axhline(reference[1], color='black', linestyle='--', linewidth=1,
-                   label=reference[0])
-    if integer_x:
-        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
-    ax.yaxis.set_major_formatter(ticker.FuncFormatter(
-        lambda v, _: f'{v:,.4g}' if abs(v) < 1e4 else f'{v:,.0f}'))
-    ax.set_xlabel(xlabel)
+    ticks at whole numbers only (rounds). `zoom_from`: a second panel shows
+    x >= zoom_from, means only, with its y axis framed by the means there
+    (and the reference), so that a plateau the full range squeezes into
+    one line reads apart. `empty_note` is written on the axes when no
+    series has a point."""
+    if zoom_from is None:
+        fig, ax = _new_figure()
+        axes = [ax]
+    else:
+        fig = plt.figure(figsize=(11.0, 5.0), layout='constrained')
+        axes = list(fig.subplots(1, 2, width_ratios=(3, 2)))
+    for ax in axes:
+        for s in series:
+            ax.plot(s.x, s.mean, color=s.color, label=s.label, linewidth=1.6,
+                    marker='o', markersize=3 if len(s.x) > 30 else 5)
+            if ax is axes[0]:  # Bands would cover the zoomed panel.
+                ax.fill_between(s.x, s.low, s.high, color=s.color, alpha=0.2,
+                                linewidth=0)
+        if reference is not None:
+            ax.axhline(reference[1], color='black', linestyle='--', linewidth=1,
+                       label=reference[0])
+        if integer_x:
+            ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+        ax.yaxis.set_major_formatter(ticker.FuncFormatter(
+            lambda v, _: f'{v:,.4g}' if abs(v) < 1e4 else f'{v:,.0f}'))
+        ax.set_xlabel(xlabel)
+        ax.grid(True, which='both', alpha=0.3)
+    ax = axes[0]
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(True, which='both', alpha=0.3)
+    if not any(len(s.x) for s in series):
+        ax.text(0.5, 0.6, empty_note, transform=ax.transAxes, ha='center',
+                va='center', color='gray', backgroundcolor='white')
     if series or reference is not None:
         ax.legend(loc='best', fontsize='small')
+    if zoom_from is None:
+        ax.set_title(title)
+        return fig
+    fig.suptitle(title)
+    zoom = axes[1]
+    zoom.set_title(f'{xlabel} ≥ {zoom_from:g}: means, y zoomed', fontsize='medium')
+    xs = [x for s in series for x in s.x if x >= zoom_from]
+    ys = [m for s in series for x, m in zip(s.x, s.mean) if x >= zoom_from]
+    ys += [reference[1]] if reference is not None else []
+    if xs:
+        pad = 0.03 * (max(xs) - zoom_from) or 0.5
+        zoom.set_xlim(zoom_from - pad, max(xs) + pad)
+    if ys:
+        pad = 0.08 * (max(ys) - min(ys)) or 0.05 * abs(ys[0]) or 1.0
+        zoom.set_ylim(min(ys) - pad, max(ys) + pad)
     return fig
 
 
 def round_trajectories(trajectories: Sequence[Trajectory], *,
-                       title: str) -> Figure:
+                       title: str, empty_note: str = 'nothing to plot yet'
+                       ) -> Figure:
     """Figure 4: each round's (mean params, mean test error), joined in
-    round order and labelled with the round number."""
+    round order and labelled with the round number. Trajectories without
+    a point are left out of the legend; `empty_note` is written on the axes
+    when none has one."""
     fig, ax = _new_figure()
+    trajectories = [t for t in trajectories if len(t.rounds)]
+    if not trajectories:
+        ax.text(0.5, 0.6, empty_note, transform=ax.transAxes, ha='center',
+                va='center', color='gray', backgroundcolor='white')
     for t in trajectories:
         ax.plot(t.mean_params, t.mean_errors, color=t.color, marker='o',
                 markersize=5, linewidth=1.2, label=t.label)

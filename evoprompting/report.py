@@ -14,7 +14,8 @@ task's validation and test metrics, MNIST-1D's when absent), and writes
   fig2a_error_vs_size.png   the paper's Figure 2a: test error vs parameters of
                             each run's top 20 by fitness, with the seeds.
   fig2b_max_fitness.png     Figure 2b: best fitness vs children generated,
-                            100 bootstrap samples of size 20 at each x.
+                            100 bootstrap samples of size 20 at each x; a
+                            second panel zooms on the second half's plateau.
   fig4_round_means.png      Figure 4: each round's mean size and test error.
   hypervolume.png           hypervolume of the front so far, per round.
   status.png                what became of the sampled children, per run.
@@ -247,6 +248,14 @@ def bootstrap_curves(groups: dict[str, list[Run]], *, rng: np.random.Generator,
     return curves
 
 
+def fig2b_zoom_from(curves: Sequence[plots.Curve]) -> float | None:
+    """Where Figure 2b's zoomed panel starts: half way along the longest
+    curve, where the curves have mostly reached their plateau (the early
+    samples, maxima of a few children, set the full panel's y range)."""
+    last = max((c.x[-1] for c in curves if len(c.x)), default=None)
+    return None if last is None or last < 4 else float(np.ceil(last / 2))
+
+
 def figure_4(groups: dict[str, list[Run]]) -> plots.Figure:
     trajectories = []
     for i, (method, runs) in enumerate(groups.items()):
@@ -263,7 +272,8 @@ def figure_4(groups: dict[str, list[Run]]) -> plots.Figure:
             mean_errors=[np.mean([e for _, e in by_round[r]]) for r in rounds],
             color=plots.color(i)))
     return plots.round_trajectories(trajectories, title=(
-        "Mean size and test error of each round's ok children"))
+        "Mean size and test error of each round's ok children"),
+        empty_note='no ok child')
 
 
 def figure_hypervolume(groups: dict[str, list[Run]]) -> plots.Figure:
@@ -428,13 +438,17 @@ def write_report(runs: Sequence[Run], out: str, *, rng: np.random.Generator,
                      if (f := summaries.candidate_fitness(
                          c, alpha=run.alpha, objectives=run.objectives))
                      is not None), default=None)
+    fitness_curves = bootstrap_curves(groups, rng=rng,
+                                      num_samples=bootstrap_samples,
+                                      sample_size=bootstrap_size)
+    zoom_from = fig2b_zoom_from(fitness_curves)
     plots.save_png(plots.curves(
-        bootstrap_curves(groups, rng=rng, num_samples=bootstrap_samples,
-                         sample_size=bootstrap_size),
+        fitness_curves,
         title=(f'Max fitness in {bootstrap_samples} bootstrap samples of '
                f'{bootstrap_size} (mean, 10-90% band)'),
         xlabel='children generated', ylabel='max fitness  −(params × val error)',
-        integer_x=True, reference=None if best_seed is None else ('best seed', best_seed)),
+        integer_x=True, reference=None if best_seed is None else ('best seed', best_seed),
+        zoom_from=zoom_from, empty_note='no scored child'),
         os.path.join(out, FIGURES['fig2b']))
     plots.save_png(figure_4(groups), os.path.join(out, FIGURES['fig4']))
     plots.save_png(figure_hypervolume(groups), os.path.join(out, FIGURES['hypervolume']))
@@ -455,7 +469,11 @@ def write_report(runs: Sequence[Run], out: str, *, rng: np.random.Generator,
           '## Figure 2b: max fitness vs children generated', '',
           f'At each x, {bootstrap_samples} samples of {bootstrap_size} drawn with '
           'replacement from the scored children among the first x; runs of one '
-          "method are pooled up to the shortest run's length.", '',
+          "method are pooled up to the shortest run's length."
+          + ('' if zoom_from is None else
+             " The right panel shows the second half's means with the y axis "
+             'framed by them, where the early maxima of a few children do '
+             'not squeeze the plateau into a line.'), '',
           f"![Figure 2b]({FIGURES['fig2b']})", '',
           "## Figure 4: each round's mean size and test error", '',
           f"![Figure 4]({FIGURES['fig4']})", '',

@@ -38,6 +38,13 @@ DUPLICATE = 'duplicate'
 # Every category a child can fall in, in display order.
 STATUS_KEYS: tuple[str, ...] = tuple(s.value for s in base.Status) + (DUPLICATE,)
 TENSORBOARD_DIR = 'tensorboard'
+# The Pareto image: TensorBoard fits an image to its card whatever its
+# pixels (Time Series tab: 215 px tall, at most the card's 326+ px wide;
+# Images tab: about 350 px wide), so its text is legible only when the
+# figure is small in inches: 3 inches tall make 10 pt 10 px. The dpi keeps
+# it sharp when the card is widened or shown at its actual size.
+PARETO_SIZE = (4.5, 3.0)
+PARETO_DPI = 160
 
 
 @dataclasses.dataclass(frozen=True)
@@ -290,6 +297,7 @@ class TensorBoardWriter:
         if num_best < 1:
             raise ValueError(f'num_best must be >= 1, got {num_best}')
         self.logdir = tensorboard_run_dir(workdir)
+        self.run = os.path.basename(self.logdir)
         self._alpha = alpha
         self._objectives = tuple(objectives)
         self._num_best = num_best
@@ -330,8 +338,8 @@ class TensorBoardWriter:
                 self._writer.add_scalar(tag, float(value), step)
         history = [c for c in candidates if c.round <= stats.round]
         image = plots.to_rgb(pareto_figure(history, title=(
-            f'after round {stats.round}: all ok models, Pareto front (red)'),
-            test_key=self._objectives[1]))
+            f'{self.run}: after ' + ('the seeds' if step < 0 else f'round {step}')),
+            test_key=self._objectives[1]), dpi=PARETO_DPI)
         self._writer.add_image('pareto_front', image, step, dataformats='HWC')
         best = best_candidates(history, self._num_best, alpha=self._alpha,
                                objectives=self._objectives)
@@ -354,7 +362,8 @@ class TensorBoardWriter:
 def pareto_figure(candidates: Sequence[store.Candidate], *, title: str,
                   test_key: str = DEFAULT_OBJECTIVES[1]) -> plots.Figure:
     """One run's ok models by round, the seeds as stars, and the front of
-    all of them (test error: 1 - metrics[test_key])."""
+    all of them (test error: 1 - metrics[test_key]); `PARETO_SIZE`, so its
+    text stays legible at the width TensorBoard shows it."""
     seeds, children = [], []
     for c in candidates:
         if (p := error_size_point(c, test_key)) is not None:
@@ -374,4 +383,4 @@ def pareto_figure(candidates: Sequence[store.Candidate], *, title: str,
         group(seeds, label='seeds', color='black', marker='*', front=False),
         group(front, label='Pareto front', color='tab:red', marker='x'),
     ]
-    return plots.error_vs_size(groups, title=title)
+    return plots.error_vs_size(groups, title=title, size=PARETO_SIZE)

@@ -241,3 +241,41 @@ def test_an_interrupted_run_says_how_far_it_got(tmp_path):
     proc = run_report(f'--workdir={tmp_path / "run"}', f'--out={tmp_path / "out"}')
     assert proc.returncode == 0, proc.stderr
     assert '| 1 of 3 |' in (tmp_path / 'out' / report.REPORT_FILE).read_text()
+
+
+def test_figure_2b_zooms_on_the_plateau():
+    # Early maxima of a few children set the full range (-8,000); the
+    # plateau the methods reach (-420 to -350) is a line there, so a second
+    # panel frames the second half's means.
+    x = np.arange(1, 65)
+    fast = np.where(x < 8, -8000.0, -350.0)
+    slow = np.where(x < 16, -6000.0, -420.0)
+    curves = [report.plots.Curve(name, x, mean, mean - 50, mean + 50)
+              for name, mean in (('fast', fast), ('slow', slow))]
+    zoom_from = report.fig2b_zoom_from(curves)
+    assert zoom_from == 32
+    fig = report.plots.curves(curves, title='t', xlabel='children', ylabel='f',
+                              reference=('best seed', -400.0), integer_x=True,
+                              zoom_from=zoom_from)
+    full, zoom = fig.axes
+    assert full.get_ylim()[0] < -8000
+    low, high = zoom.get_ylim()
+    assert -440 < low < -420 and -350 < high < -330
+    assert zoom.get_xlim()[0] > 30
+    assert report.fig2b_zoom_from([]) is None
+    report.plots.plt.close('all')
+
+
+def test_empty_figures_say_so():
+    # A run whose children all failed: no curve and no round mean to draw.
+    fig = report.plots.curves([], title='t', xlabel='x', ylabel='y',
+                              reference=('best seed', -400.0),
+                              empty_note='no scored child')
+    assert [t.get_text() for t in fig.axes[0].texts] == ['no scored child']
+    empty = report.plots.Trajectory('evoprompting', [], [], [])
+    fig = report.plots.round_trajectories([empty], title='t',
+                                          empty_note='no ok child')
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.texts] == ['no ok child']
+    assert not ax.lines and ax.get_legend() is None
+    report.plots.plt.close('all')

@@ -4,6 +4,7 @@ import glob
 import os
 import struct
 
+from matplotlib import text as mpl_text
 import numpy as np
 import pytest
 from tensorboardX import record_writer
@@ -188,3 +189,57 @@ def test_read_candidates_leaves_the_log_alone(tmp_path):
     assert path.read_bytes() == cut
     with pytest.raises(FileNotFoundError, match='no candidate log'):
         store.read_candidates(str(tmp_path / 'missing'))
+
+
+
+# TensorBoard fits an image to its card: 215 px tall, and at most 326 px
+# wide, in the Time Series tab at its default card width (measured in
+# Chromium, TensorBoard 2.21, 1280-1920 px windows).
+CARD_PX = (326, 215)
+
+
+def test_pareto_image_is_legible_at_tensorboard_card_size():
+    fig = summaries.pareto_figure(make_candidates(), title='run: after round 1')
+    fig.canvas.draw()
+    scale = min(CARD_PX[0] / fig.get_figwidth(),  # Displayed px per point.
+                CARD_PX[1] / fig.get_figheight()) / 72
+    texts = [t for t in fig.findobj(mpl_text.Text)
+             if t.get_visible() and t.get_text().strip()]
+    assert {'run: after round 1', 'seeds', 'round'} <= {t.get_text() for t in texts}
+    small = {t.get_text(): round(t.get_fontsize() * scale, 1) for t in texts
+             if t.get_fontsize() * scale < 8}
+    assert not small, f'text under 8 px in a {CARD_PX} px card: {small}'
+    # Rounds are whole numbers: one colour and one tick per round.
+    assert colorbar_ticks(fig) == [0, 1]
+    summaries.plots.plt.close('all')
+    one_round = [c for c in make_candidates() if c.round <= 0]
+    assert colorbar_ticks(summaries.pareto_figure(one_round, title='t')) == [0]
+    summaries.plots.plt.close('all')
+
+
+def colorbar_ticks(fig):
+    fig.canvas.draw()
+    colorbar = fig.axes[1]
+    low, high = colorbar.get_ylim()
+    return [float(t) for t in colorbar.get_yticks() if low <= t <= high]
+
+
+def test_pareto_image_title_names_the_run(tmp_path, monkeypatch):
+    titles = []
+    figure = summaries.pareto_figure
+
+    def recording(candidates, *, title, **kwargs):
+        titles.append(title)
+        return figure(candidates, title=title, **kwargs)
+
+    monkeypatch.setattr(summaries, 'pareto_figure', recording)
+    candidates = make_candidates()
+    workdir = tmp_path / 'evoprompting_seed_3'
+    with summaries.TensorBoardWriter(str(workdir), alpha=ALPHA) as w:
+        for s in summaries.all_round_stats(candidates, alpha=ALPHA,
+                                           reference=REFERENCE)[:2]:
+            w.write_round(s, candidates=candidates)
+    # Several runs' images side by side, under truncated run names, say
+    # whose they are.
+    assert titles == ['evoprompting_seed_3: after the seeds',
+                      'evoprompting_seed_3: after round 0']
