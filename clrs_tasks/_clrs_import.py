@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
+import importlib.metadata
 import importlib.util
 import sys
 import types
@@ -29,6 +30,18 @@ import types
 DM_CLRS_VERSION = '2.0.3'
 INSTALL_HINT = ("pip install -e '.[clrs]' && "
                 f'pip install --no-deps dm-clrs=={DM_CLRS_VERSION}')
+
+
+def installed() -> bool:
+    """Whether dm-clrs and the `clrs` extra (jraph) are installed, from their
+    package metadata (importing dm-clrs' package would need TensorFlow, and
+    `clrs_modules` leaves a bare `clrs` without an import spec)."""
+    try:
+        for distribution in ('dm-clrs', 'jraph'):
+            importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,7 +1,6 @@
 """The default LM's corpus: episodes in the search's exact prompt format, true headers."""
 
 import ast
-import importlib.util
 import json
 import os
 
@@ -9,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 
+from clrs_tasks import _clrs_import
 from evoprompting import architectures, corpus, mutation, prompts, styles
 from evoprompting.sandbox import validator
 from evoprompting.tasks import classifier_training, mnist1d, training
@@ -88,7 +88,7 @@ def test_architectures_validate_and_build():
     assert len(set(sizes)) > 20
 
 
-@pytest.mark.skipif(not importlib.util.find_spec('clrs'),
+@pytest.mark.skipif(not _clrs_import.installed(),
                     reason='dm-clrs (the clrs extra) is not installed')
 def test_clrs_episodes_are_triplet_functions_with_true_whole_model_sizes():
     from clrs_tasks import processors  # pylint: disable=g-import-not-at-top

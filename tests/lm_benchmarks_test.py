@@ -4,7 +4,6 @@ children of the embedded default model, built in the script's worker
 process), and lm_decode.py's memory-bandwidth bound, the column a GPU run
 reports, is the bytes of a step worked out here from the architecture."""
 
-import importlib.util
 import json
 import os
 import re
@@ -13,6 +12,7 @@ import sys
 
 import pytest
 
+from clrs_tasks import _clrs_import
 from evoprompting import gin_utils
 
 BENCHMARKS = os.path.join(gin_utils.REPO_ROOT, 'benchmarks')
@@ -108,7 +108,7 @@ def test_lm_children_reports_the_three_rates_per_setting(tmp_path):
     assert written[4].split('|')[2].strip() == f'{rates[0][2]}%'
 
 
-@pytest.mark.skipif(not importlib.util.find_spec('clrs'),
+@pytest.mark.skipif(not _clrs_import.installed(),
                     reason='dm-clrs (the clrs extra) is not installed')
 def test_lm_children_on_clrs_prompts_builds_children_under_the_triplet_contract():
     # The default model's 1,024-token context holds two hand-written triplet

@@ -7,7 +7,6 @@ trusted, so they are built in this process.
 """
 
 import ast
-import importlib.util
 import math
 import os
 import re
@@ -28,8 +27,7 @@ PROMPT_SETS = os.path.join(REPO, 'benchmarks', 'prompt_sets')
 MNIST1D = seeds.read_seeds('mnist1d', os.path.join(PROMPT_SETS, 'mnist1d'))
 CLRS = seeds.read_seeds('clrs', os.path.join(PROMPT_SETS, 'clrs'))
 # clrs_tasks.processors needs only flax; its data side needs the clrs extra.
-HAS_DM_CLRS = all(importlib.util.find_spec(m) is not None
-                  for m in ('clrs', 'jraph'))
+HAS_DM_CLRS = _clrs_import.installed()
 
 
 def _dump(source: str) -> str:
