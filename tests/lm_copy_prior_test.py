@@ -5,7 +5,7 @@ import dataclasses
 import jax
 import numpy as np
 
-from evoprompting import corpus, prompts
+from evoprompting import corpus, mutation, prompts
 from lm import checkpoints
 
 
@@ -13,7 +13,13 @@ def test_default_lm_with_its_copy_prior_reuses_parent_only_layers():
     lm = checkpoints.load_default()
     assert lm.copy_weight > 0  # The shipped serving options turn it on.
     rng = np.random.default_rng(2_000_003)  # Parents apart from the corpus'.
-    parents = [corpus.random_parent(rng) for _ in range(2)]
+    # Rerolled seeds in the plain style: the programs of the shipped model's
+    # corpus (evoprompting.architectures and other styles came later).
+    seeds = [source for _, source in corpus.read_seeds('mnist1d')]
+    rerolled = corpus.TaskPrograms(
+        'mnist1d', corpus.OPENING, lambda rng: corpus.shown(mutation.reroll(
+            seeds[rng.integers(len(seeds))], rng)), corpus.build)
+    parents = [corpus.random_parent(rng, rerolled) for _ in range(2)]
     seed_layers = set().union(*(corpus.layer_calls(corpus.shown(source))
                                 for _, source in corpus.read_seeds('mnist1d')))
     own = set().union(*(corpus.layer_calls(p.code) for p in parents)) - seed_layers
