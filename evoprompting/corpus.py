@@ -1,40 +1,49 @@
 r"""The default LM's training corpus: synthetic EvoPrompting episodes + library code.
 
-    python -m evoprompting.corpus --out=DIR [--num_episodes=N] [--seed=S] \
-        [--code_share=0.15] [--num_workers=2]
+    python -m evoprompting.corpus --out=DIR [--num_episodes=N] \
+        [--clrs_episodes=N] [--generated_share=0.5] [--seed=S] \
+        [--code_share=0.15] [--num_workers=2] [--held_out_dir=DIR]
 
 An *episode* is one few-shot crossover prompt exactly as the search renders
 it (`prompts.few_shot_prompt` of two `prompts.Example`s, the child's header
-and the opening `class Model(nn.Module):`) followed by the rest of a child
-program. Episodes are built so that the only way to predict a child is to
-read its parents:
+and the task's opening line) followed by the rest of a child program.
+Episodes are built so that the only way to predict a child is to read its
+parents:
 
-  * parents are MNIST-1D seed programs (`seeds.read_seeds('mnist1d')`) whose
+  * MNIST-1D parents are seed programs (`seeds.read_seeds('mnist1d')`) whose
     every width, kernel, stride, window and activation was redrawn
-    (`mutation.reroll`), or children of earlier episodes, so no layer
-    configuration is frequent enough to be recalled;
+    (`mutation.reroll`), or programs of `evoprompting.architectures` (many
+    architectures and ways of writing them), in a random style
+    (`evoprompting.styles`), or children of earlier episodes, so no layer
+    configuration is frequent enough to be recalled; CLRS parents are the
+    triplet-function seeds after 1-3 mutations, some projection widths
+    redrawn (`task_programs`);
   * the child edits one parent (one or two of `mutation.mutate`'s operators,
     or a layer spliced in from the other parent, `mutation.splice`) or
     crosses the two over (`mutation.crossover`), so most of its lines are
-    copies of parent lines;
+    copies of parent lines; it is written in its first parent's style, with
+    the comments of the lines it kept;
   * parents are paired with programs of similar size, and children far from
     the prompt's size target (`prompts.target_metrics`) are mostly rejected,
     so children are usually within 2x of the target, as the search asks;
   * every header's `num_params` is the program's true parameter count,
-    measured by building it under the MNIST-1D contract with abstract values
-    (`classifier_training._build`: `jax.eval_shape`, output `[batch, 10]`);
-    programs that do not build are never shown. Validation accuracies are
-    synthetic (parents uniform in [0.5, 0.95]); the child's is the target's.
+    measured by building it on abstract values (MNIST-1D: `build`, output
+    `[batch, 10]`; CLRS: `build_clrs`, the whole BFS model); programs that
+    do not build are never shown. Validation accuracies are synthetic
+    (parents uniform in [0.5, 0.95]); the child's is the target's;
+  * no document shows a held-out program (`--held_out_dir`, by default the
+    benchmark's hand-written prompts) nor their layer configurations that
+    are not common vocabulary (`HeldOut`, `common_layers`).
 
 These programs come from our own AST operators, not from an LM, so they are
 built in this process. A smaller share of the text is Python source of the
 installed jax / flax / optax (/ jraph) packages, cut into documents at line
 boundaries.
 
-Output (in `--out`): `train-NNNNN.txt` shards and `valid.txt` (documents
-from the same distribution, never in a train shard), every document followed
-by `DOCUMENT_SEPARATOR` (the pretraining binary puts an end-of-text token
-there), and `stats.json`.
+Output (in `--out`): `train-NNNNN.txt` shards and `valid-<source>.txt` for
+the sources mnist1d, clrs and code (documents from the same distribution,
+never in a train shard), every document followed by `DOCUMENT_SEPARATOR` (the
+pretraining binary puts an end-of-text token there), and `stats.json`.
 """
 
 from __future__ import annotations

@@ -90,6 +90,7 @@ def test_one_non_finite_logit_is_nan():
     assert info.value.status == base.Status.NAN
 
 
+@pytest.mark.slow  # 30 s: the paper's 8,000 steps, three times.
 def test_greydanus_cnn_at_the_paper_budget():
     """Acceptance: the paper's 8,000 steps give >= 0.90 test accuracy.
 

@@ -108,6 +108,7 @@ def test_lm_children_reports_the_three_rates_per_setting(tmp_path):
     assert written[4].split('|')[2].strip() == f'{rates[0][2]}%'
 
 
+@pytest.mark.slow  # The default suite runs the MNIST-1D prompt sets.
 @pytest.mark.skipif(not _clrs_import.installed(),
                     reason='dm-clrs (the clrs extra) is not installed')
 def test_lm_children_on_clrs_prompts_builds_children_under_the_triplet_contract():
