@@ -176,12 +176,8 @@ def parent_pairs(prompt_set: str, task, rng: np.random.Generator):
 def main(argv):
     del argv
     import jax  # pylint: disable=g-import-not-at-top
-    from evoprompting import corpus, prompts, search  # pylint: disable=g-import-not-at-top
-    from evoprompting.tasks import mnist1d  # pylint: disable=g-import-not-at-top
+    from evoprompting import corpus, prompts  # pylint: disable=g-import-not-at-top
     from lm import checkpoints  # pylint: disable=g-import-not-at-top
-
-    def canonical(code: str) -> str:
-        return search.canonical(code, mnist1d.PREAMBLE)
 
     start = time.time()
     if FLAGS.checkpoint == 'default':
@@ -224,7 +220,7 @@ def main(argv):
         if len(lm.vocab.encode(text)) > room:
             continue  # Too long for the context with room for a child.
         own = set().union(*(corpus.layer_calls(p.code) for p in pair)) - known
-        parents = {canonical(p.code) for p in pair}
+        parents = {corpus.canonical(p.code) for p in pair}
         if any(c['parents'] == parents for c in cases):
             continue  # Each prompt has its own pair of parents.
         cases.append({'prompt': text, 'target': target.num_params, 'own': own,
@@ -280,7 +276,7 @@ def main(argv):
         for t in (*TEMPERATURES, 'all'):
             picked = [(r, n) for r, n in zip(rows, built) if t == 'all' or r[1] == t]
             valid = [(r, n) for r, n in picked if n is not None]
-            copies = [canonical(r[2]) in cases[r[0]]['parents'] for r, _ in valid]
+            copies = [corpus.canonical(r[2]) in cases[r[0]]['parents'] for r, _ in valid]
             # Per valid child: (novel, parent-conditioned, control, within 2x).
             judged = []
             for ((i, _, child, _), n), copy in zip(valid, copies):

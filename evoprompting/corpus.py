@@ -61,7 +61,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from evoprompting import architectures, mutation, prompts, styles
+from evoprompting import architectures, mutation, prompts, search, styles
 from clrs_tasks import processors
 from evoprompting.tasks import mnist1d
 from seeds import read_seeds
@@ -180,11 +180,9 @@ def shown(source: str) -> str:
 
 
 def canonical(code: str) -> str:
-    """`code` without style or comments (`ast.unparse`), for comparisons."""
-    try:
-        return ast.unparse(ast.parse(code))
-    except SyntaxError:
-        return code
+    """`code` in the search's duplicate form (`search.canonical`: no style,
+    comments or docstrings), for comparisons."""
+    return search.canonical(code, mnist1d.PREAMBLE)
 
 
 def layer_calls(code: str) -> set[str]:
